@@ -1,0 +1,123 @@
+"""``MultimodalVAE``: p(z) Π_m p(x_m | z) as a Pyro program.
+
+Site-name convention (every ELBO, metric and sampler in the library relies on it):
+
+- ``pyro.plate("data", B)`` around everything per data point (plate dim −1);
+- the shared latent is the site ``"z"`` with event shape ``(D,)``, scaled by β with
+  ``poutine.scale`` (the guide scales its ``"z"`` site by the same β);
+- modality ``m`` is the observed site ``"x_m"``, masked by the batch's presence mask, so a missing
+  modality contributes exactly zero.
+
+Any Pyro function ``model(batch, beta=1.0)`` that follows the convention trains with the same
+ELBOs (see ``tutorials/01_write_a_multimodal_vae.ipynb``).
+
+Reconstruction weights are a training device, not part of the generative model: they live on the
+:class:`~pyro_mmvae.data.Modality` and are applied by the ELBOs (``model.reconstruction_weights``),
+so log-likelihood evaluation always sees the unweighted model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..data.batch import MultimodalBatch
+from ..data.modality import Modality
+from ..distributions.likelihoods import Likelihood
+from ..distributions.priors import make_prior
+from ..nn.networks import default_decoder
+
+
+class MultimodalVAE(PyroModule):
+    """Generative model with one shared latent ``z ∈ R^D`` and a decoder per modality.
+
+    Args:
+        modalities: the modalities, each with its likelihood family and reconstruction weight.
+        latent_dim: D.
+        prior: ``"normal"`` (N(0, I)), ``"gmm"`` (learned K-component Gaussian mixture) or an
+            ``nn.Module`` whose ``forward()`` returns a distribution with event shape ``(D,)``.
+        num_components: K for ``prior="gmm"``.
+        decoders: optional name → module mapping ``(*lead, D)`` to ``(*lead, *param_shape)``;
+            defaults come from :func:`~pyro_mmvae.nn.networks.default_decoder`.
+        hidden: hidden sizes of the default MLP decoders.
+        arch: ``"mlp"`` or ``"conv"`` (square images) for the default decoders.
+    """
+
+    def __init__(
+        self,
+        modalities: Iterable[Modality],
+        latent_dim: int,
+        prior: str | nn.Module = "normal",
+        num_components: int = 5,
+        decoders: Mapping[str, nn.Module] | None = None,
+        hidden=(512, 512),
+        arch: str = "mlp",
+    ):
+        super().__init__()
+        self.modalities = {m.name: m for m in modalities}
+        if not self.modalities:
+            raise ValueError("a MultimodalVAE needs at least one modality")
+        self.latent_dim = int(latent_dim)
+        self.prior = prior if isinstance(prior, nn.Module) else make_prior(self.latent_dim, prior, num_components)
+        self.likelihoods = nn.ModuleDict({n: Likelihood(m) for n, m in self.modalities.items()})
+        decoders = dict(decoders or {})
+        unknown = set(decoders) - set(self.modalities)
+        if unknown:
+            raise KeyError(f"decoders given for unknown modalities {sorted(unknown)}")
+        self.decoders = nn.ModuleDict(
+            {
+                n: decoders.get(n) or default_decoder(m, self.latent_dim, self.likelihoods[n].param_shape, hidden, arch)
+                for n, m in self.modalities.items()
+            }
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.modalities)
+
+    @property
+    def reconstruction_weights(self) -> dict[str, float]:
+        return {n: m.weight for n, m in self.modalities.items()}
+
+    # ------------------------------------------------------------------ distributions
+    def prior_dist(self):
+        """p(z): batch shape ``()``, event shape ``(D,)``."""
+        return self.prior()
+
+    def likelihood_dist(self, name: str, z: torch.Tensor):
+        """p(x_name | z) for ``z`` of shape ``(*lead, D)``: batch shape ``lead``."""
+        if name not in self.modalities:
+            raise KeyError(f"unknown modality {name!r}; this model has {self.names}")
+        return self.likelihoods[name](self.decoders[name](z))
+
+    def reconstruct(self, z: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Decoded means ``name -> (*lead, *shape)`` at ``z (*lead, D)``."""
+        names = self.names if names is None else list(names)
+        return {n: self.likelihoods[n].mean(self.decoders[n](z)) for n in names}
+
+    @torch.no_grad()
+    def sample_prior(self, num_samples: int) -> torch.Tensor:
+        """``(num_samples, D)`` draws from p(z)."""
+        return self.prior_dist().sample((num_samples,))
+
+    # ------------------------------------------------------------------ the Pyro program
+    def forward(self, batch: MultimodalBatch, beta: float = 1.0):
+        """Run the generative program, observing every present modality of ``batch``."""
+        unknown = [n for n in batch.names if n not in self.modalities]
+        if unknown:
+            raise KeyError(f"unknown modality name(s) {unknown}; this model has {self.names}")
+        with pyro.plate("data", batch.batch_size):
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", self.prior_dist().expand([batch.batch_size]))
+            for name in self.names:
+                x = batch.data.get(name)
+                if x is None:
+                    continue
+                with poutine.mask(mask=batch.present[name]):
+                    pyro.sample(f"x_{name}", self.likelihood_dist(name, z), obs=x)
+        return z

@@ -1,0 +1,203 @@
+"""``MultimodalBatch``: named modality tensors with per-modality presence masks.
+
+Shapes: ``data[name]`` is ``(B, *event_shape)``; ``present[name]`` is a bool tensor ``(B,)``;
+``labels`` is an optional dict of ``(B, ...)`` tensors (class, sizes, ...). Missing entries of a
+modality are stored as zeros so that every tensor keeps its full batch shape; the presence
+mask says which rows are real.
+
+A *subset* selects which modalities an encoder may look at. Everywhere in the library a subset is
+one of: ``None`` (every present modality), an iterable of names (the same subset for every row),
+or a dict ``name -> BoolTensor(B,)`` (a per-row subset, as sampled by the masked objective).
+:meth:`MultimodalBatch.subset_mask` turns any of them into the per-row form, intersected with
+presence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .modality import Modality
+
+Subset = None | Iterable[str] | Mapping[str, torch.Tensor]
+
+
+@dataclass
+class MultimodalBatch:
+    data: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.data:
+            raise ValueError("a MultimodalBatch needs at least one modality")
+        sizes = {name: x.shape[0] for name, x in self.data.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"modalities disagree on the batch size: {sizes}")
+        ref = next(iter(self.data.values()))
+        for name in self.data:
+            if name not in self.present:
+                self.present[name] = torch.ones(ref.shape[0], dtype=torch.bool, device=ref.device)
+        unknown = set(self.present) - set(self.data)
+        if unknown:
+            raise ValueError(f"presence masks given for unknown modalities {sorted(unknown)}")
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def names(self) -> list[str]:
+        return list(self.data)
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.data.values())).shape[0]
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.data.values())).device
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> MultimodalBatch:
+        """Move every tensor; ``dtype`` converts floating-point modality tensors only."""
+
+        def move(x):
+            if dtype is not None and x.dtype.is_floating_point:
+                return x.to(device=device, dtype=dtype)
+            return x.to(device=device)
+
+        return MultimodalBatch(
+            {k: move(v) for k, v in self.data.items()},
+            {k: v.to(device) for k, v in self.present.items()},
+            {k: v.to(device) for k, v in self.labels.items()},
+        )
+
+    def __getitem__(self, index) -> MultimodalBatch:
+        """Row selection: ``batch[idx]`` with a slice, an index tensor or a bool mask."""
+        return MultimodalBatch(
+            {k: v[index] for k, v in self.data.items()},
+            {k: v[index] for k, v in self.present.items()},
+            {k: v[index] for k, v in self.labels.items()},
+        )
+
+    def select(self, names: Iterable[str]) -> MultimodalBatch:
+        """The same rows restricted to the modalities ``names``."""
+        names = list(names)
+        self._check_names(names)
+        return MultimodalBatch({k: self.data[k] for k in names}, {k: self.present[k] for k in names}, dict(self.labels))
+
+    def with_missing(self, names: Iterable[str]) -> MultimodalBatch:
+        """A copy in which the modalities ``names`` are marked missing (and zeroed) in every row."""
+        names = set(names)
+        self._check_names(names)
+        data = {k: (torch.zeros_like(v) if k in names else v) for k, v in self.data.items()}
+        present = {k: (torch.zeros_like(v) if k in names else v) for k, v in self.present.items()}
+        return MultimodalBatch(data, present, dict(self.labels))
+
+    # ------------------------------------------------------------------ subsets
+    def _check_names(self, names) -> None:
+        unknown = [n for n in names if n not in self.data]
+        if unknown:
+            raise KeyError(f"unknown modality name(s) {unknown}; this batch has {self.names}")
+
+    def subset_mask(self, subset: Subset = None) -> dict[str, torch.Tensor]:
+        """Per-row subset masks ``name -> BoolTensor(B,)``, intersected with presence.
+
+        Every modality of the batch appears in the result (False where not selected).
+        """
+        if subset is None:
+            return dict(self.present)
+        if isinstance(subset, str):
+            subset = [subset]
+        if isinstance(subset, Mapping):
+            self._check_names(subset)
+            out = {}
+            for name in self.data:
+                m = subset.get(name)
+                if m is None:
+                    out[name] = torch.zeros_like(self.present[name])
+                    continue
+                m = torch.as_tensor(m, device=self.device)
+                if m.dtype != torch.bool or m.shape != (self.batch_size,):
+                    raise ValueError(
+                        f"subset mask for {name!r} must be a bool tensor of shape ({self.batch_size},), "
+                        f"got {m.dtype} {tuple(m.shape)}"
+                    )
+                out[name] = m & self.present[name]
+            return out
+        names = list(subset)
+        self._check_names(names)
+        return {
+            name: (self.present[name] if name in names else torch.zeros_like(self.present[name])) for name in self.data
+        }
+
+    def stacked_mask(self, subset: Subset = None, order: Iterable[str] | None = None) -> torch.Tensor:
+        """Subset mask as a bool tensor ``(B, M)`` with modalities in ``order`` (default: batch order)."""
+        masks = self.subset_mask(subset)
+        order = list(order) if order is not None else self.names
+        return torch.stack([masks[n] for n in order], dim=-1)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, modalities: Iterable[Modality] | Mapping[str, Modality]) -> MultimodalBatch:
+        """Check names, shapes, dtypes and values against ``modalities``; return ``self``.
+
+        Raises a ``KeyError``/``ValueError``/``TypeError`` that names the offending modality.
+        Non-finite values are only rejected in rows where the modality is present.
+        """
+        if isinstance(modalities, Mapping):
+            modalities = modalities.values()
+        spec = {m.name: m for m in modalities}
+        unknown = [n for n in self.data if n not in spec]
+        if unknown:
+            raise KeyError(f"unknown modality name(s) {unknown}; the model knows {sorted(spec)}")
+        missing = [n for n in spec if n not in self.data]
+        if missing:
+            raise KeyError(
+                f"batch lacks modalities {missing}; pass them as zeros with present=False to mark them missing"
+            )
+        b = self.batch_size
+        for name, x in self.data.items():
+            spec[name].validate(x, b)
+            p = self.present[name]
+            if p.dtype != torch.bool or p.shape != (b,):
+                raise ValueError(
+                    f"presence mask of {name!r} must be a bool tensor of shape ({b},), got {p.dtype} {tuple(p.shape)}"
+                )
+            if x.dtype.is_floating_point:
+                bad = ~torch.isfinite(x.reshape(b, -1)).all(-1) & p
+                if bad.any():
+                    rows = bad.nonzero().flatten()[:5].tolist()
+                    raise ValueError(f"modality {name!r} has NaN/inf values in present rows {rows}")
+            m = spec[name]
+            if m.likelihood == "bernoulli":
+                xp = x[p]
+                if xp.numel() and ((xp < 0) | (xp > 1)).any():
+                    raise ValueError(f"modality {name!r} (bernoulli) needs values in [0, 1]")
+            if m.is_discrete:
+                xp = x[p]
+                if xp.numel() and ((xp < 0) | (xp >= m.num_classes)).any():
+                    raise ValueError(f"modality {name!r} (categorical) needs class indices in [0, {m.num_classes})")
+        any_present = torch.stack(list(self.present.values()), -1).any(-1)
+        if not any_present.all():
+            rows = (~any_present).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"rows {rows} have every modality missing; drop them before training")
+        return self
+
+
+def collate(items) -> MultimodalBatch:
+    """Collate dataset items ``{"data": {...}, "present": {...}, "labels": {...}}`` into a batch.
+
+    A ``MultimodalBatch`` (what datasets with ``__getitems__`` return) passes through unchanged.
+    """
+    if isinstance(items, MultimodalBatch):
+        return items
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    first = items[0]
+
+    def stack(key):
+        return {k: torch.stack([torch.as_tensor(it[key][k]) for it in items]) for k in first.get(key, {})}
+
+    return MultimodalBatch(stack("data"), stack("present"), stack("labels"))

@@ -1,0 +1,30 @@
+"""Helpers shared by the tests: tiny modalities and batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pyro_mmvae.data import Modality, MultimodalBatch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def small_modalities():
+    """Three modalities of different families and shapes."""
+    return [
+        Modality("a", (5,), likelihood="normal", scale=0.5),
+        Modality("b", (1, 4, 4), likelihood="bernoulli"),
+        Modality("c", (), likelihood="categorical", num_classes=3),
+    ]
+
+
+def small_batch(batch_size: int = 6, seed: int = 0, present: dict | None = None) -> MultimodalBatch:
+    g = torch.Generator().manual_seed(seed)
+    data = {
+        "a": torch.randn(batch_size, 5, generator=g),
+        "b": (torch.rand(batch_size, 1, 4, 4, generator=g) > 0.5).float(),
+        "c": torch.randint(0, 3, (batch_size,), generator=g),
+    }
+    return MultimodalBatch(data, dict(present or {}))
