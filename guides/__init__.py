@@ -1,7 +1,37 @@
 """Encoders as Pyro guides (installed as ``pyro_mmvae.guides``)."""
 
+from .aggregation import (
+    MoEGuide,
+    MoPoEGuide,
+    PoEGuide,
+    SelfAttentionGuide,
+    SelfAttentionMixtureGuide,
+    SumPoolingGuide,
+    SumPoolingMixtureGuide,
+)
 from .base import MultimodalGuide
+from .equivariant import (
+    EquivariantPoEGuide,
+    EquivariantSelfAttentionGuide,
+    EquivariantSumPoolingGuide,
+    PrivateLatentGuide,
+)
 from .joint import JointGuide
 from .unimodal import UnimodalGaussianGuide
 
-__all__ = ["MultimodalGuide", "JointGuide", "UnimodalGaussianGuide"]
+__all__ = [
+    "MultimodalGuide",
+    "JointGuide",
+    "UnimodalGaussianGuide",
+    "PoEGuide",
+    "MoEGuide",
+    "MoPoEGuide",
+    "SumPoolingGuide",
+    "SelfAttentionGuide",
+    "SumPoolingMixtureGuide",
+    "SelfAttentionMixtureGuide",
+    "PrivateLatentGuide",
+    "EquivariantPoEGuide",
+    "EquivariantSumPoolingGuide",
+    "EquivariantSelfAttentionGuide",
+]

@@ -1,5 +1,6 @@
 """Generative models as Pyro programs (installed as ``pyro_mmvae.models``)."""
 
 from .multimodal_vae import MultimodalVAE
+from .private import PrivateLatentVAE
 
-__all__ = ["MultimodalVAE"]
+__all__ = ["MultimodalVAE", "PrivateLatentVAE"]

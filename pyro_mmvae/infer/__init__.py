@@ -1,5 +1,21 @@
-"""Inference: ELBOs, trace utilities, the trainer."""
+"""Inference: ELBOs, trace utilities, the trainer, schedules and checkpoints."""
 
+from .checkpoint import CheckpointError, CheckpointMismatchError
 from .elbo import BetaELBO
+from .fit import FitResult, NonFiniteLossError, fit, load_stage
+from .schedules import Constant, CosineLR, LinearAnnealing, Schedule, StepLR
 
-__all__ = ["BetaELBO"]
+__all__ = [
+    "BetaELBO",
+    "fit",
+    "load_stage",
+    "FitResult",
+    "NonFiniteLossError",
+    "Schedule",
+    "Constant",
+    "LinearAnnealing",
+    "CosineLR",
+    "StepLR",
+    "CheckpointError",
+    "CheckpointMismatchError",
+]

@@ -1,0 +1,221 @@
+"""Closed forms for linear-Gaussian models: log-likelihoods, posteriors, the probabilistic-PCA MLE.
+
+Model: z ~ N(0, I_D), x = W z + b + ε, ε ~ N(0, diag(noise_var)), with W ``(Dx, D)``, b ``(Dx,)``,
+noise_var ``(Dx,)``. Then x ~ N(b, W Wᵀ + diag(noise_var)) and, given the coordinates O of x,
+z | x_O ~ N(P⁻¹ W_Oᵀ Ψ_O⁻¹ (x_O − b_O), P⁻¹) with P = I + W_Oᵀ Ψ_O⁻¹ W_O.
+
+Used for the linear experiments of the permutation-invariant MVAE paper (Tables 1-2): the learned
+model's exact log-likelihood log N(x; b̂, ŴŴᵀ + σ²I) (from its affine decoders), the maximum
+likelihood solution of probabilistic PCA, and the relative gap (ℓ_MLE − ℓ_learned) / |ℓ_MLE|.
+Computations run in float64; results are returned in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: torch.Tensor, loc: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """log N(x; loc, cov) for ``x (N, Dx)``, ``loc (Dx,)`` or ``(N, Dx)``, ``cov (Dx, Dx)`` → ``(N,)``."""
+    x, loc, cov = x.double(), loc.double(), cov.double()
+    if x.dim() != 2 or cov.shape != (x.shape[-1], x.shape[-1]):
+        raise ValueError(f"expected x (N, Dx) and cov (Dx, Dx); got x {tuple(x.shape)}, cov {tuple(cov.shape)}")
+    chol = torch.linalg.cholesky(cov)
+    diff = (x - loc).unsqueeze(-1)
+    sol = torch.linalg.solve_triangular(chol, diff, upper=False).squeeze(-1)
+    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
+    return -0.5 * (sol.pow(2).sum(-1) + logdet + x.shape[-1] * _LOG_2PI)
+
+
+@dataclass
+class LinearGaussian:
+    """x = W z + b + ε with z ~ N(0, I), ε ~ N(0, diag(noise_var)).
+
+    Attributes:
+        W: ``(Dx, D)`` loading matrix.
+        b: ``(Dx,)`` offset.
+        noise_var: ``(Dx,)`` observation variances (a scalar is broadcast).
+    """
+
+    W: torch.Tensor
+    b: torch.Tensor
+    noise_var: torch.Tensor
+
+    def __post_init__(self):
+        self.W = torch.as_tensor(self.W).double()
+        self.b = torch.as_tensor(self.b).double()
+        if self.W.dim() != 2 or self.b.shape != (self.W.shape[0],):
+            raise ValueError(f"expected W (Dx, D) and b (Dx,); got W {tuple(self.W.shape)}, b {tuple(self.b.shape)}")
+        nv = torch.as_tensor(self.noise_var).double()
+        self.noise_var = nv.expand(self.W.shape[0]).clone() if nv.dim() == 0 else nv
+        if self.noise_var.shape != self.b.shape:
+            raise ValueError(f"noise_var must be a scalar or ({self.b.shape[0]},), got {tuple(self.noise_var.shape)}")
+
+    @property
+    def data_dim(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.W.shape[1]
+
+    def covariance(self) -> torch.Tensor:
+        """Marginal covariance W Wᵀ + diag(noise_var), ``(Dx, Dx)``."""
+        return self.W @ self.W.T + torch.diag(self.noise_var)
+
+    def log_likelihood(self, x: torch.Tensor, dims: torch.Tensor | Iterable[int] | None = None) -> torch.Tensor:
+        """Exact log p(x_dims) per row: ``x (N, Dx)`` → ``(N,)``; ``dims`` selects coordinates (default all)."""
+        x = self._check_x(x)
+        if dims is None:
+            return gaussian_log_prob(x, self.b, self.covariance())
+        idx = torch.as_tensor(dims)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        if idx.numel() == 0:
+            return x.new_zeros(x.shape[0])
+        return gaussian_log_prob(x[:, idx], self.b[idx], self.covariance()[idx][:, idx])
+
+    def posterior(self, x: torch.Tensor, observed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z | x_O): mean ``(N, D)`` and covariance ``(N, D, D)``.
+
+        ``observed``: bool ``(Dx,)`` or per-row ``(N, Dx)`` marking the coordinates O (default all);
+        unobserved coordinates of ``x`` are ignored (they may hold anything finite).
+        """
+        x = self._check_x(x)
+        n = x.shape[0]
+        obs = torch.ones(self.data_dim, dtype=torch.bool) if observed is None else torch.as_tensor(observed).bool()
+        obs = obs.expand(n, self.data_dim)
+        # one covariance per distinct observation pattern (usually few), gathered back to rows
+        patterns, which = torch.unique(obs, dim=0, return_inverse=True)
+        inv_noise = torch.where(patterns, 1.0 / self.noise_var, torch.zeros((), dtype=torch.float64))  # (P, Dx)
+        prec = torch.eye(self.latent_dim, dtype=torch.float64) + torch.einsum("id,pi,ie->pde", self.W, inv_noise, self.W)
+        cov = torch.linalg.inv(prec)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        resid = torch.where(obs, x - self.b, torch.zeros((), dtype=torch.float64))
+        h = (inv_noise[which] * resid) @ self.W  # (N, D)
+        mean = (cov[which] @ h.unsqueeze(-1)).squeeze(-1)
+        return mean, cov[which]
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x).double()
+        if x.dim() != 2 or x.shape[-1] != self.data_dim:
+            raise ValueError(f"expected x of shape (N, {self.data_dim}), got {tuple(x.shape)}")
+        return x
+
+
+# ---------------------------------------------------------------------------------------------- maximum likelihood
+def gaussian_mle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample mean ``(Dx,)`` and maximum-likelihood covariance (divisor N) ``(Dx, Dx)``."""
+    x = torch.as_tensor(x).double()
+    mean = x.mean(0)
+    xc = x - mean
+    return mean, xc.T @ xc / x.shape[0]
+
+
+def ppca_mle(x: torch.Tensor, latent_dim: int) -> LinearGaussian:
+    """Maximum-likelihood probabilistic PCA with isotropic noise σ² (Tipping & Bishop).
+
+    b̂ = x̄; S = sample covariance (divisor N) with eigenvalues λ_1 ≥ … ≥ λ_Dx;
+    σ²_ML = mean of the Dx − D smallest eigenvalues; Ŵ = U_D (Λ_D − σ²_ML I)^{1/2} (unique up to a
+    rotation). When ``latent_dim ≥ Dx`` the MLE is the unrestricted Gaussian N(x̄, S): Ŵ = U Λ^{1/2}
+    (zero-padded to D columns) and σ² = 0.
+    """
+    x = torch.as_tensor(x).double()
+    if x.dim() != 2:
+        raise ValueError(f"expected x of shape (N, Dx), got {tuple(x.shape)}")
+    n, dx = x.shape
+    if latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+    mean, cov = gaussian_mle(x)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    if latent_dim >= dx:
+        W = evecs * evals.clamp_min(0).sqrt()
+        W = torch.cat([W, W.new_zeros(dx, latent_dim - dx)], 1)
+        return LinearGaussian(W, mean, torch.zeros(dx, dtype=torch.float64))
+    sigma2 = evals[latent_dim:].mean()
+    W = evecs[:, :latent_dim] * (evals[:latent_dim] - sigma2).clamp_min(0).sqrt()
+    return LinearGaussian(W, mean, sigma2.expand(dx).clone())
+
+
+def relative_llh_gap(ll_mle: float | torch.Tensor, ll_model: float | torch.Tensor) -> float:
+    """(ℓ_MLE − ℓ_model) / |ℓ_MLE| for summed log-likelihoods (tensors are summed first)."""
+    ll_mle = float(torch.as_tensor(ll_mle, dtype=torch.float64).sum())
+    ll_model = float(torch.as_tensor(ll_model, dtype=torch.float64).sum())
+    if ll_mle == 0:
+        raise ValueError("the MLE log-likelihood is 0: the relative gap is undefined")
+    return (ll_mle - ll_model) / abs(ll_mle)
+
+
+# ---------------------------------------------------------------------------------------------- learned models
+def affine_params(fn: Callable[[torch.Tensor], torch.Tensor], in_dim: int, rtol: float = 1e-4, dtype=None, device=None):
+    """Read (A, c) of an affine map ``fn(z (*, in_dim)) -> (*, *out)`` by probing; raise if it is not affine.
+
+    Returns A ``(out_numel, in_dim)`` and c ``(out_numel,)`` in float64, with outputs flattened.
+    """
+    with torch.no_grad():
+        eye = torch.eye(in_dim, dtype=dtype, device=device)
+        zero = torch.zeros(1, in_dim, dtype=dtype, device=device)
+        c = fn(zero).reshape(1, -1).double()
+        cols = fn(eye).reshape(in_dim, -1).double() - c
+        A = cols.T.contiguous()
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn(8, in_dim, generator=g, dtype=torch.float64)
+        got = fn(probe.to(dtype=dtype or torch.get_default_dtype(), device=device)).reshape(8, -1).double()
+        want = probe.to(got.device) @ A.T + c
+        err = (got - want).abs().max().item()
+        tol = rtol * (1.0 + got.abs().max().item())
+        if not err <= tol:
+            raise ValueError(f"the map is not affine in its input (max deviation {err:.3g} > tolerance {tol:.3g})")
+    return A.cpu(), c.reshape(-1).cpu()
+
+
+def linear_decoder_model(model, names: Iterable[str] | None = None, rtol: float = 1e-4) -> LinearGaussian:
+    """The linear-Gaussian model of a learned VAE whose decoders are affine with Normal likelihoods.
+
+    ``model`` must offer ``latent_dim`` and ``likelihood_dist(name, z)`` (as ``MultimodalVAE`` does);
+    modalities (default ``model.names``) are stacked in order, each flattened. Raises if a decoder is
+    not affine or a likelihood is not Normal with a z-independent scale.
+    """
+    names = list(model.names if names is None else names)
+    d = int(model.latent_dim)
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else None
+    Ws, bs, vs = [], [], []
+    for name in names:
+
+        def mean_fn(z, name=name):
+            return model.likelihood_dist(name, z).mean
+
+        with torch.no_grad():
+            probe = model.likelihood_dist(name, torch.zeros(2, d, dtype=dtype, device=device))
+        base = getattr(probe, "base_dist", probe)
+        if type(base).__name__ != "Normal":
+            raise ValueError(f"modality {name!r}: an analytic log-likelihood needs a Normal likelihood, got {base}")
+        try:
+            A, c = affine_params(mean_fn, d, rtol, dtype, device)
+        except ValueError as err:
+            raise ValueError(f"modality {name!r}: decoder is not affine ({err})") from None
+        var = probe.variance.detach().double().reshape(2, -1)
+        with torch.no_grad():
+            z = torch.randn(3, d, dtype=dtype, device=device)
+            var2 = model.likelihood_dist(name, z).variance.double().reshape(3, -1)
+        if not torch.allclose(var2, var[:1].expand_as(var2)):
+            raise ValueError(f"modality {name!r}: the observation variance depends on z; no analytic likelihood")
+        Ws.append(A)
+        bs.append(c)
+        vs.append(var[0].cpu())
+    return LinearGaussian(torch.cat(Ws), torch.cat(bs), torch.cat(vs))
+
+
+def stack_modalities(batch_or_data, names: Iterable[str]) -> torch.Tensor:
+    """Concatenate modality tensors ``(N, *shape)`` (flattened) in ``names`` order → ``(N, Dx)`` float64."""
+    data = getattr(batch_or_data, "data", batch_or_data)
+    return torch.cat([data[n].reshape(data[n].shape[0], -1).double() for n in names], -1)

@@ -1,0 +1,231 @@
+"""Conditional normalizing flows on R^D, assembled from ``pyro.distributions.transforms``.
+
+A :class:`ConditionalFlow` owns the networks of a stack of flow blocks (registered submodules,
+permutations as buffers) and, on every call, builds fresh Pyro transforms around them and pushes
+a base distribution through them::
+
+    flow = ConditionalFlow(dim=D, kind="maf", num_blocks=2, hidden=(128, 128), context_dim=C)
+    q = flow(dist.Normal(loc, scale).to_event(1), context=h)   # loc, scale: (B, D); h: (B, C)
+    q.log_prob(z)                                              # z: (*lead, B, D) -> (*lead, B)
+    q.rsample((L,))                                            # (L, B, D)
+
+Flow kinds (``kind=``)
+----------------------
+``"maf"``
+    Masked autoregressive flow (one MADE network per block, each with its own seeded variable
+    order). Written as the INVERSE of Pyro's affine autoregressive transform (an IAF): the
+    density direction z → base is the IAF's forward map u = σ(z)·z + μ(z), with (μ, log σ) from a
+    MADE network, so ``log_prob`` at an ARBITRARY z costs one network pass per block. Sampling
+    (base → z) inverts each block and needs D sequential passes; ``rsample`` is still exact and
+    differentiable (the D-pass inverse is an exact function of the parameters).
+``"coupling"``
+    Affine coupling layers: in block i the coordinates perm_i[:⌊D/2⌋] (perm_i a seeded random
+    permutation) set an affine map of the others; one network pass per block in both directions.
+    Needs D ≥ 2.
+
+Pyro's IAF inverse allocates float32 buffers and loops over one coordinate at a time; the
+transform used here replaces it with a vectorised fixed-point sweep (D passes, each updating every
+coordinate, exact after the D-th) that keeps the input's dtype and device. Permutations are
+registered buffers (``T.Permute`` itself is not a Module), and each call builds the ``Permute``
+from the buffer, so ``.to(device)``/``.to(torch.float64)`` move everything.
+
+Conditioning
+------------
+With ``context_dim > 0`` every block's network also reads a context vector ``(B, C)`` (e.g.
+encoder features); the context broadcasts against the leading dimensions of z, so one context per
+data point serves any number of particles or chains.
+
+``log_scale`` of every block is clamped to ``log_scale_clip`` (default [−5, 3]) with
+gradient-preserving clamping. With ``identity_init=True`` (default) each block's last layer is
+zero-initialised, so the flow starts as the identity and q starts as its Gaussian base.
+
+Cost, measured by ``benchmarks/flow_cost.py`` (see ``benchmarks/results/flow_cost_cpu.md``): on
+the 2-core CPU, hidden (128, 128), 2 blocks, D = 20, N = 1000 points, log_prob + grad at an
+arbitrary z: maf ≈ 1.9 ms, coupling ≈ 1.8 ms (Pyro's IAF direction ≈ 34 ms); one draw per point:
+maf ≈ 15 ms (D passes), coupling ≈ 0.9 ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, ConditionalDenseNN, DenseNN
+from torch import nn
+from torch.nn import functional as F
+
+FLOW_KINDS = ("maf", "coupling")
+
+
+class _FoldedContext:
+    """``net(x, context)`` of a conditional Pyro network with the context folded in once.
+
+    Pyro's conditional networks concatenate ``[context, x]`` before the first layer, on every call.
+    The context's share of that layer does not depend on x, so it is computed once here (shape
+    ``(*batch, H)``) and broadcast over the leading dimensions of every later x: a sampler
+    evaluating ``(C, N, D)`` points pays only for the x part.
+    """
+
+    def __init__(self, net: nn.Module, context: torch.Tensor):
+        first = net.layers[0]
+        weight = first.weight * first.mask if hasattr(first, "mask") else first.weight
+        c = net.context_dim
+        self.net, self.weight_x = net, weight[:, c:]
+        self.context_term = F.linear(context, weight[:, :c], first.bias)
+
+    def __call__(self, x: torch.Tensor):
+        net = self.net
+        h = net.f(F.linear(x, self.weight_x) + self.context_term)
+        for layer in net.layers[1:-1]:
+            h = net.f(layer(h))
+        h = net.layers[-1](h)
+        lead = h.shape[:-1]
+        if isinstance(net, ConditionalAutoRegressiveNN):  # output (…, 2·D) laid out as (2, D)
+            return tuple(h.reshape(*lead, 2, net.input_dim).unbind(-2))
+        return tuple(h[..., s] for s in net.param_slices)
+
+
+class _AffineAutoregressive(T.AffineAutoregressive):
+    """Pyro's affine autoregressive map with a vectorised, dtype- and device-preserving inverse.
+
+    Forward (one MADE pass): ``y = exp(s(x))·x + m(x)``. Inverse: ``x ← (y − m(x))·exp(−s(x))``
+    repeated D times from x = 0; the coordinate of autoregressive rank r is exact after r + 1
+    sweeps, because m and s at rank r depend only on lower ranks.
+    """
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros_like(y)
+        log_scale = None
+        for _ in range(y.size(-1)):
+            mean, log_scale = self.arn(x)
+            log_scale = clamp_preserve_gradients(log_scale, self.log_scale_min_clip, self.log_scale_max_clip)
+            x = (y - mean) * torch.exp(-log_scale)
+        # The last sweep's log_scale was computed from an x whose ranks 0..D-2 were already exact,
+        # which is all the log-scales depend on: it is the log-scale at the final x.
+        self._cached_log_scale = log_scale
+        return x
+
+
+class ConditionalFlow(nn.Module):
+    """A stack of ``num_blocks`` flow blocks on R^``dim``, optionally conditioned on a context.
+
+    Args:
+        dim: D, the dimension of the variable (≥ 2 when ``num_blocks > 0``).
+        kind: ``"maf"`` or ``"coupling"`` (see the module docstring for the cost of each direction).
+        num_blocks: number of blocks (0: the flow is the identity and returns the base unchanged).
+        hidden: hidden sizes of each block's network; for ``"maf"`` every size must be ≥ D.
+            Default: two layers of max(128, 2D).
+        context_dim: C, size of the conditioning vector (0: unconditional).
+        seed: seeds the permutations (MADE variable orders / coupling splits).
+        identity_init: zero the last layer of every network, so that the flow starts as the identity.
+        log_scale_clip: (min, max) clamp of every block's log-scale.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "maf",
+        num_blocks: int = 2,
+        hidden: Sequence[int] | None = None,
+        context_dim: int = 0,
+        seed: int = 0,
+        identity_init: bool = True,
+        log_scale_clip: tuple[float, float] = (-5.0, 3.0),
+    ):
+        super().__init__()
+        if kind not in FLOW_KINDS:
+            raise ValueError(f"unknown flow kind {kind!r}; expected one of {FLOW_KINDS}")
+        dim, num_blocks, context_dim = int(dim), int(num_blocks), int(context_dim)
+        hidden = [max(128, 2 * dim)] * 2 if hidden is None else [int(h) for h in hidden]
+        if num_blocks < 0:
+            raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
+        if num_blocks > 0 and dim < 2:
+            raise ValueError(f"a {kind!r} flow needs dim >= 2, got dim={dim}; use num_blocks=0 (Gaussian) instead")
+        if num_blocks > 0 and not hidden:
+            raise ValueError("hidden must list at least one hidden size")
+        if kind == "maf" and num_blocks > 0 and min(hidden) < dim:
+            raise ValueError(f"'maf' needs every hidden size >= dim (MADE masks); got hidden={hidden} for dim={dim}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.dim, self.kind, self.num_blocks, self.context_dim = dim, kind, num_blocks, context_dim
+        self.hidden = tuple(hidden)
+        self.log_scale_clip = (float(log_scale_clip[0]), float(log_scale_clip[1]))
+        self.split_dim = dim // 2
+
+        g = torch.Generator().manual_seed(int(seed))
+        perms = [torch.randperm(dim, generator=g) for _ in range(num_blocks)]
+        # MADE networks keep their variable order as a buffer of their own; coupling blocks read it
+        # here. Either way the permutations are buffers and follow .to(device).
+        stacked = torch.stack(perms) if perms else torch.zeros(0, dim, dtype=torch.long)
+        self.register_buffer("permutations", stacked)
+        self.register_buffer("inverse_permutations", torch.argsort(stacked, dim=-1))
+        self.nets = nn.ModuleList(self._make_net(p) for p in perms)
+        if identity_init:
+            for net in self.nets:
+                nn.init.zeros_(net.layers[-1].weight)
+                nn.init.zeros_(net.layers[-1].bias)
+
+    def _make_net(self, perm: torch.Tensor) -> nn.Module:
+        d, c, h = self.dim, self.context_dim, list(self.hidden)
+        if self.kind == "maf":
+            if c:
+                return ConditionalAutoRegressiveNN(d, c, h, permutation=perm)
+            return AutoRegressiveNN(d, h, permutation=perm)
+        rest = d - self.split_dim
+        if c:
+            return ConditionalDenseNN(self.split_dim, c, h, param_dims=[rest, rest])
+        return DenseNN(self.split_dim, h, param_dims=[rest, rest])
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, kind={self.kind!r}, num_blocks={self.num_blocks}, hidden={self.hidden}, "
+            f"context_dim={self.context_dim}"
+        )
+
+    def _check_context(self, context: torch.Tensor | None) -> None:
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError("this flow is unconditional (context_dim=0) but a context was given")
+            return
+        if context is None:
+            raise ValueError(f"this flow is conditional (context_dim={self.context_dim}): pass context of shape (B, C)")
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(f"context must have last dimension {self.context_dim}, got shape {tuple(context.shape)}")
+
+    def transforms(self, context: torch.Tensor | None = None) -> list:
+        """The blocks as Pyro transforms in the SAMPLING direction (base → z), fresh on every call.
+
+        Args:
+            context: ``(*batch, C)`` when the flow is conditional, else ``None``.
+        """
+        self._check_context(context)
+        lo, hi = self.log_scale_clip
+        out = []
+        for i, net in enumerate(self.nets):
+            fn = net if context is None else _FoldedContext(net, context)
+            if self.kind == "maf":
+                # Density direction z → base is the one-pass autoregressive map; sampling uses .inv.
+                out.append(_AffineAutoregressive(fn, log_scale_min_clip=lo, log_scale_max_clip=hi).inv)
+            else:
+                # Permute, couple, permute back: the block updates the coordinates perm[split:] given
+                # perm[:split], and z keeps its coordinate order (the flow can start as the identity).
+                out.append(T.Permute(self.permutations[i]))
+                out.append(T.AffineCoupling(self.split_dim, fn, log_scale_min_clip=lo, log_scale_max_clip=hi))
+                out.append(T.Permute(self.inverse_permutations[i]))
+        return out
+
+    def forward(self, base: dist.TorchDistribution, context: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """Push ``base`` (event shape ``(D,)``) through the flow.
+
+        Returns a distribution with the batch and event shapes of ``base``; with ``num_blocks=0``
+        the base itself. ``log_prob(z)`` accepts z of shape ``(*lead, *batch, D)``.
+        """
+        if tuple(base.event_shape) != (self.dim,):
+            raise ValueError(f"base must have event shape ({self.dim},), got {tuple(base.event_shape)}")
+        if self.num_blocks == 0:
+            self._check_context(context)
+            return base
+        return dist.TransformedDistribution(base, self.transforms(context))
