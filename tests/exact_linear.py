@@ -21,18 +21,9 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_mmvae.data import Modality, MultimodalBatch
-from pyro_mmvae.distributions.detach import detach_distribution, register_detacher
 from pyro_mmvae.metrics.linear_gaussian import LinearGaussian
 
 DTYPE = torch.float64
-
-try:  # STL needs a stop-gradient rule for the full-covariance Gaussians used here
-    detach_distribution(dist.MultivariateNormal(torch.zeros(1), torch.eye(1)))
-except NotImplementedError:
-
-    @register_detacher(torch.distributions.MultivariateNormal)
-    def _mvn(d):
-        return dist.MultivariateNormal(d.loc.detach(), scale_tril=d.scale_tril.detach())
 
 
 def _param(x: torch.Tensor, learn: bool):
@@ -68,7 +59,9 @@ class LinearVAE(PyroModule):
         b = batch.batch_size
         with pyro.plate("data", b):
             with poutine.scale(scale=beta):
-                z = pyro.sample("z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b]))
+                z = pyro.sample(
+                    "z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
+                )
             for n in self.names:
                 with poutine.mask(mask=batch.present[n]):
                     pyro.sample(f"x_{n}", self.likelihood_dist(n, z), obs=batch.data[n])
@@ -117,7 +110,9 @@ class PrivateLinearVAE(LinearVAE):
         b = batch.batch_size
         with pyro.plate("data", b):
             with poutine.scale(scale=beta):
-                z = pyro.sample("z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b]))
+                z = pyro.sample(
+                    "z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
+                )
                 w = {
                     n: pyro.sample(
                         f"w_{n}", dist.Normal(torch.zeros(self.private_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
@@ -140,8 +135,10 @@ class PrivateLinearVAE(LinearVAE):
         rows = []
         for j, n in enumerate(self.names):
             blocks = [self.W[n].detach()]
-            for k, m in enumerate(self.names):
-                blocks.append(self.V[n].detach() if k == j else torch.zeros(self.dims[n], self.private_dim, dtype=DTYPE))
+            for k in range(len(self.names)):
+                blocks.append(
+                    self.V[n].detach() if k == j else torch.zeros(self.dims[n], self.private_dim, dtype=DTYPE)
+                )
             rows.append(torch.cat(blocks, 1))
         lg = super().as_linear_gaussian()
         return LinearGaussian(torch.cat(rows), lg.b, lg.noise_var)

@@ -3,6 +3,15 @@
 from .batch import MultimodalBatch, Subset, collate
 from .dataset import MultimodalDataset, get_batch, iterate_batches, num_batches
 from .modality import Modality, reconstruction_weights
+from .synthetic import (
+    SyntheticData,
+    bimodal_linear,
+    ivae_bimodal,
+    ivae_multimodal,
+    multimodal_linear,
+    partial_view_mask,
+    table_data,
+)
 from .toy import CirclesSquares
 
 __all__ = [
@@ -16,4 +25,11 @@ __all__ = [
     "iterate_batches",
     "num_batches",
     "reconstruction_weights",
+    "SyntheticData",
+    "bimodal_linear",
+    "multimodal_linear",
+    "ivae_bimodal",
+    "ivae_multimodal",
+    "table_data",
+    "partial_view_mask",
 ]

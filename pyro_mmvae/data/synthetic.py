@@ -139,7 +139,9 @@ def multimodal_linear(
         "b": b,
         "dims": {n: int(dims[s]) for s, n in enumerate(names)},
         "noise_var": noise_std**2,
-        "model": _linear_gaussian(np.concatenate([W[n] for n in names]), np.concatenate([b[n] for n in names]), noise_std**2),
+        "model": _linear_gaussian(
+            np.concatenate([W[n] for n in names]), np.concatenate([b[n] for n in names]), noise_std**2
+        ),
     }
     if sparse:
         shared = list(range(num_modalities * block, latent_dim))
@@ -214,7 +216,8 @@ def partial_view_mask(
     keep_frac = 1.0 - eta
     if keep_frac < 1.0 / num_views - 1e-12:
         raise ValueError(
-            f"missing_rate {eta} leaves fewer than one of {num_views} views per row; it must be <= {1 - 1 / num_views:.4f}"
+            f"missing_rate {eta} leaves fewer than one of {num_views} views per row; "
+            f"it must be <= {1 - 1 / num_views:.4f}"
         )
     if eta == 0.0:
         return np.ones((num_rows, num_views), dtype=bool)
@@ -264,9 +267,7 @@ def ivae_bimodal(
         Modality("x", (latent_dim,), scale=noise_std + 1e-3),
         Modality("u", (num_clusters,), likelihood="onehot_categorical"),
     )
-    ds = _dataset(
-        {"x": x, "u": onehot}, mods, labels={"z": s, "label": torch.as_tensor(labels, dtype=torch.long)}
-    )
+    ds = _dataset({"x": x, "u": onehot}, mods, labels={"z": s, "label": torch.as_tensor(labels, dtype=torch.long)})
     truth = {"means": means, "stds": stds, "A": A, "noise_std": noise_std, "permutation": perm}
     return SyntheticData(ds, None, mods, truth)
 

@@ -48,6 +48,11 @@ def _laplace(d):
     return dist.Laplace(d.loc.detach(), d.scale.detach())
 
 
+@register_detacher(tdist.MultivariateNormal)
+def _mvn(d):
+    return dist.MultivariateNormal(d.loc.detach(), scale_tril=d.scale_tril.detach())
+
+
 @register_detacher(tdist.Categorical)
 def _categorical(d):
     return dist.Categorical(logits=d.logits.detach())

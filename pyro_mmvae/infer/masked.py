@@ -181,6 +181,12 @@ def draw_subset_terms(
         if "cross" in parts:
             # q(·|x_S) evaluated at z_M: gradients flow through its parameters AND through z_M.
             cross = trace_guide(replay(guide, trace=g), batch, subset, beta, num_particles)
+            if set(sample_sites(cross, observed=False)) != set(sample_sites(g, observed=False)):
+                raise ValueError(
+                    "the guide samples different latent sites for subset S than for all modalities "
+                    f"({sorted(sample_sites(cross, observed=False))} vs {sorted(sample_sites(g, observed=False))}); "
+                    "q(z_M | x_S) needs every site (sample private latents of modalities outside S from their prior)"
+                )
             out.log_q_M_given_S = latent_log_prob(cross, b)
     return out
 

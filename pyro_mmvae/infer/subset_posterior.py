@@ -338,6 +338,40 @@ class SubsetPosterior:
         return self._best(self._expert_points(num_draws))
 
     @torch.no_grad()
+    def approximate_variance(self, num_draws: int = 64) -> torch.Tensor:
+        """A per-target diagonal variance ``(N, D)``, e.g. for the sampler's initial mass matrix.
+
+        Exact (the closed form's) for Gaussian experts; otherwise the same product formula applied
+        to moment-matched Gaussians (``num_draws`` draws per expert without a ``variance``). Where that
+        product is improper, the smallest variance among the point's experts is used instead.
+        """
+        if self.is_gaussian:
+            try:
+                return self.closed_form().variance
+            except ImproperPosteriorError:
+                pass
+
+        def variance(d):
+            try:
+                v = d.variance
+            except NotImplementedError:
+                v = d.sample((num_draws,)).var(0)
+            return v.expand(self.num_data, self.latent_dim)
+
+        var0 = variance(self.prior)
+        prec = 1.0 / var0
+        smallest = var0.clone()
+        for j, expert in enumerate(self.experts.values()):
+            var_j = variance(expert)
+            active = torch.ones(self.num_data, 1, dtype=torch.bool, device=var_j.device)
+            if self.mask is not None:
+                active = self.mask[j].to(var_j.device).unsqueeze(-1)
+            prec = prec + torch.where(active, 1.0 / var_j - 1.0 / var0, 0.0)
+            smallest = torch.where(active, torch.minimum(smallest, var_j), smallest)
+        ok = (prec > 0) & torch.isfinite(prec)
+        return torch.where(ok, 1.0 / prec, smallest)
+
+    @torch.no_grad()
     def initial_points(self, num_chains: int, num_draws: int = 16) -> torch.Tensor:
         """Distinct starting points ``(C, N, D)`` for ``num_chains`` chains.
 

@@ -94,7 +94,9 @@ class LinearGaussian:
         # one covariance per distinct observation pattern (usually few), gathered back to rows
         patterns, which = torch.unique(obs, dim=0, return_inverse=True)
         inv_noise = torch.where(patterns, 1.0 / self.noise_var, torch.zeros((), dtype=torch.float64))  # (P, Dx)
-        prec = torch.eye(self.latent_dim, dtype=torch.float64) + torch.einsum("id,pi,ie->pde", self.W, inv_noise, self.W)
+        prec = torch.eye(self.latent_dim, dtype=torch.float64) + torch.einsum(
+            "id,pi,ie->pde", self.W, inv_noise, self.W
+        )
         cov = torch.linalg.inv(prec)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
         resid = torch.where(obs, x - self.b, torch.zeros((), dtype=torch.float64))
@@ -205,7 +207,7 @@ def linear_decoder_model(model, names: Iterable[str] | None = None, rtol: float 
             raise ValueError(f"modality {name!r}: decoder is not affine ({err})") from None
         var = probe.variance.detach().double().reshape(2, -1)
         with torch.no_grad():
-            z = torch.randn(3, d, dtype=dtype, device=device)
+            z = torch.randn(3, d, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
             var2 = model.likelihood_dist(name, z).variance.double().reshape(3, -1)
         if not torch.allclose(var2, var[:1].expand_as(var2)):
             raise ValueError(f"modality {name!r}: the observation variance depends on z; no analytic likelihood")

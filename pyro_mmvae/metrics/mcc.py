@@ -160,6 +160,8 @@ def latent_mcc(
 ) -> MCCResult:
     """MCC of one ẑ ~ q(z | x_S) per row (``sample=False``: its mean) against ``dataset.full.labels[latent_label]``."""
     if latent_label not in dataset.full.labels:
-        raise KeyError(f"dataset has no label {latent_label!r} with the true latents; it has {sorted(dataset.full.labels)}")
+        raise KeyError(
+            f"dataset has no label {latent_label!r} with the true latents; it has {sorted(dataset.full.labels)}"
+        )
     z_hat = encode_dataset(guide, dataset, subset, batch_size, sample)
     return mcc(dataset.full.labels[latent_label], z_hat, n_components, method)

@@ -54,8 +54,10 @@ def test_table2_dense():
         W = torch.as_tensor(d.truth["W"][name])
         assert W.shape == (ds, 30) and torch.allclose(W.T @ W, torch.eye(30, dtype=torch.float64), atol=1e-10)
         # residual noise has unit variance
-        resid = d.train.full.data[name].double() - d.train.full.labels["z"].double() @ W.T - torch.as_tensor(
-            d.truth["b"][name]
+        resid = (
+            d.train.full.data[name].double()
+            - d.train.full.labels["z"].double() @ W.T
+            - torch.as_tensor(d.truth["b"][name])
         )
         assert abs(resid.var().item() - 1.0) < 5 * math.sqrt(2 / resid.numel())
     assert same(d, multimodal_linear(seed=3))
@@ -126,7 +128,7 @@ def test_table4_split_and_generation():
     labels = torch.cat([d.train.full.labels["label"], d.test.full.labels["label"]])
     assert torch.equal(labels, torch.arange(5).repeat_interleave(2000))  # train = first rows, no shuffle
     z = torch.cat([d.train.full.labels["z"], d.test.full.labels["z"]]).double().numpy()
-    for j, n in enumerate(d.train.names):
+    for n in d.train.names:
         A, B = d.truth["A"][n], d.truth["B"][n]
         assert A.shape == (10, 25) and B.shape == (25, 25)
         assert np.allclose(np.linalg.norm(A, axis=0), 1) and np.allclose(np.linalg.norm(B, axis=0), 1)

@@ -16,7 +16,7 @@ from pyro.optim import Adam
 
 from pyro_mmvae.data import MultimodalBatch
 from pyro_mmvae.guides import JointGuide
-from pyro_mmvae.infer.masked import MaskedELBO, MixtureELBO, TCELBO
+from pyro_mmvae.infer.masked import TCELBO, MaskedELBO, MixtureELBO
 from pyro_mmvae.models import MultimodalVAE
 from tests.common import small_batch, small_modalities
 from tests.exact_linear import (
@@ -127,7 +127,8 @@ def test_tc_bound_expectation(kind, beta):
 
 @pytest.mark.parametrize("kind", ["shared", "private"])
 def test_masked_bound_expectation_for_beta(kind):
-    # E[L_S] = E_{p(·|x_S)} log p(x_S|·) − β KL(p(·|x_S) ‖ p); E[L_\S] = E_{p(·|x)} log p(x_\S|·) − β KL(p(·|x) ‖ p(·|x_S))
+    # E[L_S] = E_{p(·|x_S)} log p(x_S|·) − β KL(p(·|x_S) ‖ p)
+    # E[L_\S] = E_{p(·|x)} log p(x_\S|·) − β KL(p(·|x) ‖ p(·|x_S))
     beta = 0.3
     model, guide, batch = make(kind)
     masks = batch.subset_mask(ROW_MASK)
@@ -201,7 +202,9 @@ def _missing_batch():
         "c": torch.tensor([0, 0, 1, 1, 1], dtype=torch.bool),
     }
     b = small_batch(5)
-    data = {n: torch.where(present[n].reshape(-1, *[1] * (x.dim() - 1)), x, torch.zeros_like(x)) for n, x in b.data.items()}
+    data = {
+        n: torch.where(present[n].reshape(-1, *[1] * (x.dim() - 1)), x, torch.zeros_like(x)) for n, x in b.data.items()
+    }
     return MultimodalBatch(data, present)
 
 
@@ -289,3 +292,21 @@ def test_beta_must_be_positive():
     model, guide, batch = make("shared")
     with pytest.raises(ValueError, match="beta"):
         MaskedELBO().loss(model, guide, batch, 0.0)
+
+
+def test_guide_dropping_private_sites_outside_the_subset_raises():
+    model, _, batch = make("private")
+
+    class Dropping(ExactGuide):
+        """Samples w_s only for modalities of S: q(z_M | x_S) would silently miss p(w_s) terms."""
+
+        def forward(self, batch, subset=None, beta=1.0):
+            masks = batch.subset_mask(subset)
+            with pyro.plate("data", batch.batch_size), pyro.poutine.scale(scale=beta):
+                z = pyro.sample("z", self.posterior(batch, subset))
+                for n in self.model.names:
+                    if masks[n].any():
+                        pyro.sample(f"w_{n}", self.private_dist(batch, n, z, masks[n]))
+
+    with pytest.raises(ValueError, match="different latent sites"):
+        TCELBO().loss(model, Dropping(model), batch, 1.0, ["a"])

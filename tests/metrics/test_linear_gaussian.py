@@ -20,7 +20,6 @@ from pyro_mmvae.metrics.linear_gaussian import (
 from pyro_mmvae.models import MultimodalVAE
 
 
-
 def random_model(dx=6, d=2, seed=0, noise=0.5):
     g = torch.Generator().manual_seed(seed)
     return LinearGaussian(
