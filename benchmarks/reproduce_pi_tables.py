@@ -402,10 +402,16 @@ def private_linear_model(model: PrivateLatentVAE) -> LinearGaussian:
     Latent layout (D′ + M D̃): z′ first, then each modality's private block in ``model.names`` order.
     """
     d, dp, names = model.latent_dim, model.private_dim, model.names
+    param = next(model.parameters())
     total = d + len(names) * dp
     Ws, bs, vs = [], [], []
     for j, name in enumerate(names):
-        A, c = affine_params(lambda zw, name=name: model.decode(name, zw[..., :d], zw[..., d:]), d + dp)
+        A, c = affine_params(
+            lambda zw, name=name: model.decode(name, zw[..., :d], zw[..., d:]),
+            d + dp,
+            dtype=param.dtype,
+            device=param.device,
+        )
         W = torch.zeros(A.shape[0], total, dtype=torch.float64)
         W[:, :d] = A[:, :d]
         W[:, d + j * dp : d + (j + 1) * dp] = A[:, d:]
@@ -540,6 +546,7 @@ def run_configuration(
         if cached.get("key") == _jsonable(key):
             cached["cached"] = True
             return cached
+    started_at = time.time()
     data = make_data(table, section.name, seed, settings.num_train, settings.num_test, args.cond_draws)
     set_seed(seed)  # initial weights depend on the seed only
     model = build_model(table, row, data.modalities)
@@ -588,6 +595,8 @@ def run_configuration(
         "metric_errors": ev["errors"],
         "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - tic,
+        "started_at": started_at,
+        "finished_at": time.time(),
     }
     result = _jsonable(result)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -795,6 +804,10 @@ def _fmt(x, std=None) -> str:
     return s
 
 
+def _fmt_seconds(x) -> str:
+    return "—" if x is None else f"{x:.0f} s"
+
+
 def _bool(b) -> str:
     return {True: "yes", False: "**no**", None: "n/a"}[b]
 
@@ -816,6 +829,11 @@ def reasons(table: int, mode: str, settings: TableSettings) -> list[str]:
     if settings.particles is not None and full.particles is not None and settings.particles < full.particles:
         out.append(
             f"{settings.particles} importance particles instead of {full.particles}: the LLH estimate is biased low"
+        )
+    if settings.num_train != full.num_train or settings.num_test != full.num_test:
+        out.append(
+            f"data size differs (N train {settings.num_train}, N test {settings.num_test}; full: {full.num_train}, "
+            f"{full.num_test}); summed LLHs scale with N"
         )
     if table == 1:
         out += [
@@ -859,8 +877,9 @@ def markdown(report: dict) -> str:
         f"- machine: {m['platform']}, {m['cpu_count']} CPU cores, torch {m['torch']} "
         f"({m['workers']} worker process(es) × {m['threads']} thread(s)), "
         f"pyro {m['pyro']}, device {m['device']}",
-        f"- date: {report['date']}; wall time of this invocation: {report['wall_seconds']:.0f} s; summed "
-        f"train+eval time of all configurations (including earlier, resumed invocations): "
+        f"- date: {report['date']}; wall time of this invocation: {report['wall_seconds']:.0f} s; wall time from "
+        f"the first configuration's start to the last one's end (across resumed invocations): "
+        f"{_fmt_seconds(report['span_seconds'])}; summed train+eval time of all configurations: "
         f"{report['compute_seconds']:.0f} s",
         f"- configurations: {report['num_configurations']} ({report['num_cached']} reused from earlier runs); "
         f"mask sampler `{report['mask_sampler']}`, PoE mean `{report['poe_mean']}`, β = 1, STL, L = 1",
@@ -884,16 +903,21 @@ def markdown(report: dict) -> str:
     lines += ["", report["settings_note"], ""]
     for t, tab in report["tables"].items():
         t_int = int(t)
-        lines += [f"## {TABLE_TITLES[t_int]}", ""]
+        lines += [
+            f"## {TABLE_TITLES[t_int]}",
+            "",
+            "Cells: ours as mean (std over seeds) — published ⟨mean (std)⟩ in angle brackets; † = differs from the "
+            "published value by more than the standard deviations (see below).",
+            "",
+        ]
         metrics = METRICS[t_int]
         for sec_name, rows in tab["sections"].items():
             sec = next(s for s in LAYOUT[t_int] if s.name == sec_name)
             pub_sec = PUBLISHED.get(t_int, {}).get(sec_name, {})
             lines += [f"### {sec.title}", ""]
-            header = ["row"]
-            for title, _ in metrics.values():
-                for obj in OBJECTIVES:
-                    header += [f"{title} — {OBJECTIVE_TITLES[obj]}", "published"]
+            header = ["row"] + [
+                f"{title} — {OBJECTIVE_TITLES[obj]}" for title, _ in metrics.values() for obj in OBJECTIVES
+            ]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             flagged = {(d["row"], d["objective"], d["metric"]) for d in tab["differences"] if d["section"] == sec_name}
             for label, cells in rows.items():
@@ -907,7 +931,9 @@ def markdown(report: dict) -> str:
                         if (label, obj, metric) in flagged:
                             txt += " †"
                         pub = pub_sec.get(label, {}).get(obj, {}).get(metric)
-                        line += [txt, "—" if pub is None else _fmt(pub[0], pub[1])]
+                        if pub is not None:
+                            txt += f" ⟨{_fmt(pub[0], pub[1])}⟩"
+                        line.append(txt)
                 lines.append("| " + " | ".join(line) + " |")
             lines.append("")
             status = tab["status"].get(sec_name, {})
@@ -984,12 +1010,39 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(range(n))
 
 
+def parse_epochs(text: str) -> dict[int, int]:
+    """``"400"`` → {1: 400, 2: 400, 3: 400, 4: 400}; ``"1:1000,3:400"`` → {1: 1000, 3: 400}."""
+    out = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            t, n = part.split(":", 1)
+            out[int(t)] = int(n)
+        else:
+            out.update(dict.fromkeys(LAYOUT, int(part)))
+    if not out or any(n < 1 for n in out.values()) or any(t not in LAYOUT for t in out):
+        raise argparse.ArgumentTypeError(f"--epochs must be N or table:N pairs with N >= 1, got {text!r}")
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tables", default="1,2,3,4", help="comma list of tables (default 1,2,3,4)")
     p.add_argument("--quick", action="store_true", help="short settings: all four tables in < 15 min on 2 cores")
-    p.add_argument("--seeds", type=parse_seeds, default=None, help="number of seeds, or a comma list of seeds")
-    p.add_argument("--epochs", type=int, default=None, help="override the epochs of every table")
+    p.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="number of seeds, or a comma list of seeds (every table)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=parse_epochs,
+        default=None,
+        help="override the epochs: N for every table, or per table as 1:1000,3:400",
+    )
     p.add_argument("--particles", type=int, default=None, help="override the LLH particles (Tables 3-4)")
     p.add_argument("--num-train", type=int, default=None, help="override the training-set size (tests only)")
     p.add_argument("--num-test", type=int, default=None, help="override the Table 4 test-set size (tests only)")
@@ -1029,8 +1082,8 @@ def parse_args(argv=None):
 def table_settings(table: int, args) -> TableSettings:
     s = (QUICK if args.quick else FULL)[table]
     changes = {}
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
+    if args.epochs is not None and table in args.epochs:
+        changes["epochs"] = args.epochs[table]
     if args.seeds is not None:
         changes["seeds"] = args.seeds
     if args.particles is not None and s.particles is not None:
@@ -1177,6 +1230,7 @@ def build_report(args, results: dict, plan, command: str, wall: float) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": wall,
         "compute_seconds": sum(r["train_seconds"] + r["eval_seconds"] for r in results.values()),
+        "span_seconds": _span(results.values()),
         "num_configurations": len(plan),
         "num_done": len(results),
         "num_cached": sum(1 for r in results.values() if r.get("cached")),
@@ -1188,6 +1242,13 @@ def build_report(args, results: dict, plan, command: str, wall: float) -> dict:
         "tables": tables,
     }
     return _jsonable(report)
+
+
+def _span(results) -> float | None:
+    """Seconds from the first configuration's start to the last one's end (survives re-runs from the cache)."""
+    starts = [r["started_at"] for r in results if r.get("started_at") is not None]
+    ends = [r["finished_at"] for r in results if r.get("finished_at") is not None]
+    return max(ends) - min(starts) if starts and ends else None
 
 
 def write_outputs(report: dict, out: Path) -> None:

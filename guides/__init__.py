@@ -16,6 +16,7 @@ from .equivariant import (
     EquivariantSumPoolingGuide,
     PrivateLatentGuide,
 )
+from .flow import FlowExpertGuide
 from .joint import JointGuide
 from .unimodal import UnimodalGaussianGuide
 
@@ -23,6 +24,7 @@ __all__ = [
     "MultimodalGuide",
     "JointGuide",
     "UnimodalGaussianGuide",
+    "FlowExpertGuide",
     "PoEGuide",
     "MoEGuide",
     "MoPoEGuide",

@@ -24,13 +24,15 @@ Measured cost (``benchmarks/flow_cost.py``; shared 2-core CPU, 1 thread, 2 block
 ≈ 4 ms for "maf" and "coupling" (0.2 ms Gaussian); one draw per expert ≈ 60 ms for "maf", 1.5 ms
 for "coupling". Table and D = 2 figures: :mod:`pyro_mmvae.nn.flows`,
 ``benchmarks/results/flow_cost_cpu.md``. For a sampler: build the experts once
-(``experts(batch)``, ideally under ``torch.no_grad()`` with the guide's parameters frozen) and call
+(``expert_dists(batch)``, ideally under ``torch.no_grad()`` with the guide's parameters frozen) and call
 ``log_prob`` on them at every step; the encoders are not re-run.
 
-Missing modalities: ``expert(batch, j)`` always returns a distribution over all B rows; rows
-where x_j is missing are computed from the zero placeholder and are meaningless — callers mask
-them (``JNFLoss`` excludes them from j's term). Asking for the expert of a modality that is missing
-in EVERY row of the batch raises ``ValueError``: nothing in the result would be meaningful.
+Missing modalities: ``expert(batch, j)`` always returns a distribution over all B rows, also when
+x_j is missing in some or all of them; rows where x_j is missing are computed from the zero
+placeholder and are meaningless — callers mask them with ``batch.present[j]`` (``JNFLoss``
+excludes them from j's term and skips a modality missing in every row; the subset-posterior target
+masks them). Returning full-shape distributions keeps every consumer vectorised; the presence masks
+are the single record of what is real.
 
 JNF-Shared: ``project={name: g_j}`` replaces x_j by the frozen projection g_j(x_j) ``(B, k)`` and
 uses the paper's small encoder Linear(k, 512)-ReLU-Linear(512, 512)-ReLU-Linear(512, 2D) (the last
@@ -139,17 +141,19 @@ class FlowExpertGuide(MultimodalGuide):
         """The parameters stage 2 trains (frozen projectors excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    @property
+    def experts(self) -> nn.ModuleDict:
+        """Every module of the experts (encoders and flows) as one module, e.g. for
+        ``fit(..., params=guide.experts, train_mode_modules=[guide.experts])``. Frozen projectors
+        inside it receive no gradient and stay in eval mode."""
+        return nn.ModuleDict({"encoders": self.encoders, "flows": self.flows})
+
     def encode(self, batch: MultimodalBatch, name: str) -> torch.Tensor:
         """Encoder output h_name ``(B, 2D)`` (``[loc | raw scale]``, also the flow's context)."""
         if name not in self.modalities:
             raise KeyError(f"unknown modality {name!r}; this guide has {self.names}")
         if name not in batch.data:
             raise KeyError(f"modality {name!r} is not in the batch (mark it missing with present=False)")
-        if not bool(batch.present[name].any()):
-            raise ValueError(
-                f"modality {name!r} is missing in every row of the batch: q_{name}(z | x_{name}) would be computed "
-                "from placeholders only"
-            )
         h = self.encoders[name](batch.data[name])
         expected = (batch.batch_size, 2 * self.latent_dim)
         if tuple(h.shape) != expected:
@@ -163,7 +167,7 @@ class FlowExpertGuide(MultimodalGuide):
         base = dist.Normal(loc, scale).to_event(1)
         return self.flows[name](base, h if self.conditional else None)
 
-    def experts(self, batch: MultimodalBatch, names: Iterable[str] | None = None) -> dict:
+    def expert_dists(self, batch: MultimodalBatch, names: Iterable[str] | None = None) -> dict:
         """``name → expert`` for ``names`` (default: every modality present in at least one row)."""
         if names is None:
             names = [n for n in self.names if n in batch.data and bool(batch.present[n].any())]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 DATASETS = ("toy",)
-MODELS = ("joint",)
+MODELS = ("joint", "jnf", "jnf-shared")
 
 
 def _train_parser(sub):
@@ -32,7 +32,16 @@ def _train_parser(sub):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--dataset", choices=DATASETS, default="toy", help="built-in dataset (toy = circles/squares)")
-    p.add_argument("--model", choices=MODELS, default="joint", help="joint = joint VAE with a JointGuide")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="joint",
+        help="joint = joint VAE with a JointGuide; jnf = then Gaussian and normalizing-flow unimodal experts "
+        "q(z|x_j) (JNF stage 2); jnf-shared = also flow experts on projectors trained first (JNF-Shared)",
+    )
+    p.add_argument("--projector", choices=("dcca", "contrastive"), default="dcca", help="jnf-shared objective")
+    p.add_argument("--expert-epochs", type=int, default=None, help="JNF stage-2 epochs (default: --epochs)")
+    p.add_argument("--projector-epochs", type=int, default=5, help="JNF-Shared projector epochs")
     p.add_argument("--epochs", type=int, default=12, help="training epochs")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     p.add_argument("--latent-dim", type=int, default=2, help="dimension D of the shared latent z")
@@ -52,6 +61,92 @@ def _train_parser(sub):
     return p
 
 
+def _sample_parser(sub):
+    p = sub.add_parser(
+        "sample",
+        help="conditional generation from a trained run: given some modalities, generate the others",
+        description="Draw z given the observed modalities of test data points (unimodal expert, joint "
+        "encoder, or the subset posterior sampled by BatchedHMC) and decode the other modalities.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", type=Path, required=True, help="run folder written by 'pyro-mmvae train'")
+    p.add_argument("--given", required=True, help="comma-separated observed modalities, e.g. 'square'")
+    p.add_argument("--variant", default="flow", help="expert variant of a JNF run: gaussian, flow or shared")
+    p.add_argument("--method", choices=("auto", "mcmc"), default="auto", help="mcmc forces the subset posterior")
+    p.add_argument("--count", type=int, default=8, help="test data points to condition on")
+    p.add_argument("--num-samples", type=int, default=6, help="samples per data point")
+    p.add_argument("--warmup", type=int, default=300, help="MCMC warmup steps (subset posteriors)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/samples)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=cmd_sample)
+    return p
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from . import plots
+    from .data import iterate_batches
+    from .experiments import toy
+    from .infer.conditional import conditional_generate
+    from .infer.fit import load_stage
+    from .utils import resolve_device, set_seed
+
+    config_path = args.run / "config.json"
+    if not config_path.exists():
+        raise SystemExit(f"error: {args.run} is not a run folder (no config.json)")
+    config = json.loads(config_path.read_text())
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    model, joint = toy.build_joint_vae(config["latent_dim"])
+    load_stage(args.run, "joint", model, joint)
+    experts = None
+    stage = f"experts_{args.variant}"
+    if (args.run / stage).exists():
+        projectors = toy.build_projectors() if args.variant == "shared" else None
+        experts = toy.build_experts(config["latent_dim"], args.variant, projectors)
+        load_stage(args.run, stage, None, experts)
+        experts.to(device).eval()
+    model.to(device).eval()
+    joint.to(device).eval()
+    test = toy.CirclesSquares("test", config["test_size"], config["seed"])
+    batch = next(iterate_batches(test, args.count, shuffle=False)).to(device)
+    given = [g.strip() for g in args.given.split(",") if g.strip()]
+    try:
+        res = conditional_generate(
+            model,
+            batch,
+            given,
+            joint_guide=joint,
+            experts=experts,
+            num_samples=args.num_samples,
+            method=args.method,
+            mcmc_warmup=args.warmup,
+            seed=args.seed,
+        )
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out = args.out or args.run / "samples"
+    tag = "+".join(given) + ("-mcmc" if res.method == "mcmc" else "")
+    from .utils import atomic_write
+
+    atomic_write(
+        out / f"samples_{tag}.pt",
+        lambda f: torch.save(
+            {"z": res.z.cpu(), **{k: v.cpu() for k, v in res.generated.items()}, "given": given, "method": res.method},
+            f,
+        ),
+    )
+    rows = {f"given {g}": batch.data[g] for g in given}
+    for name, gen in res.generated.items():
+        for s in range(min(args.num_samples, 3)):
+            rows[f"{name} #{s + 1}"] = gen[s]
+    plots.image_grid(rows, out / f"samples_{tag}.png", title=f"p(x | {', '.join(given)}) via {res.method}")
+    print(f"method: {res.method}; wrote {out / f'samples_{tag}.pt'} and .png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-mmvae",
@@ -59,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
+    _sample_parser(sub)
     return parser
 
 
@@ -120,6 +216,8 @@ def cmd_train(args) -> int:
         progress=not args.no_progress,
     )
     metrics = toy.evaluate_joint(model, guide, test, out, device)
+    if args.model in ("jnf", "jnf-shared"):
+        metrics["cross_coherence"] = _train_experts(args, model, guide, train, val, test, out, device)
     metrics["train"] = {
         "epochs_run": len(result.history),
         "final_train_loss": result.history[-1]["train_loss"] if result.history else None,
@@ -131,6 +229,53 @@ def cmd_train(args) -> int:
     print(json.dumps({k: metrics[k] for k in ("test_elbo", "joint_coherence")}, indent=None))
     print(f"run folder: {out}")
     return 0
+
+
+def _train_experts(args, model, joint_guide, train, val, test, out: Path, device) -> dict:
+    """JNF stage 2 (and stage 0 of JNF-Shared): one checkpointed fit stage per expert variant."""
+    from .experiments import toy
+    from .infer.fit import fit
+    from .infer.jnf import JNFLoss
+    from .infer.shared_info import train_projectors
+
+    variants = ["gaussian", "flow"] + (["shared"] if args.model == "jnf-shared" else [])
+    projectors = None
+    if "shared" in variants:
+        # Projectors are deterministic given the seed; on resume they are retrained and then replaced
+        # by the weights stored in the finished 'experts_shared' checkpoint, if there is one.
+        projectors = toy.build_projectors().to(device)
+        train_projectors(
+            projectors,
+            train,
+            objective=args.projector,
+            epochs=args.projector_epochs,
+            batch_size=256,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    experts = {}
+    for variant in variants:
+        guide = toy.build_experts(args.latent_dim, variant, projectors, seed=args.seed)
+        fit(
+            model,
+            guide,
+            train,
+            elbo=JNFLoss(joint_guide),
+            epochs=args.expert_epochs or args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            val_data=val,
+            params=guide.experts,
+            train_mode_modules=[guide.experts],
+            run_dir=out,
+            stage=f"experts_{variant}",
+            resume=args.resume,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+        )
+        experts[variant] = guide
+    return toy.evaluate_experts(model, joint_guide, experts, test, out, device, seed=args.seed)
 
 
 def main(argv=None) -> int:

@@ -98,23 +98,39 @@ def density_panels(
     path,
     background: np.ndarray | None = None,
     background_classes: np.ndarray | None = None,
+    images: Mapping[str, torch.Tensor] | None = None,
     title: str | None = None,
+    cmaps: Sequence[str] = ("Reds", "Blues"),
 ) -> Path:
-    """Side-by-side 2-D densities: each panel is ``(X, Y, density)`` on a grid (``plt.contourf`` inputs).
+    """Side-by-side 2-D densities: each panel is ``(X, Y, density)`` on a grid (``plt.contour`` inputs).
 
-    ``background`` ``(N, 2)`` draws latent codes behind each density, coloured by ``background_classes``.
+    ``background`` ``(N, 2)`` draws latent codes behind each density, coloured by ``background_classes``;
+    ``images`` (same keys as ``panels``) puts a strip of images ``(K, C, H, W)`` under each panel.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for ax, (label, (gx, gy, dens)) in zip(axes[0], panels.items()):
+    rows = 2 if images else 1
+    fig, axes = plt.subplots(
+        rows,
+        len(panels),
+        figsize=(4.2 * len(panels), 4.2 + 1.2 * (rows - 1)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [4, 1][:rows]},
+    )
+    for col, (label, (gx, gy, dens)) in enumerate(panels.items()):
+        ax = axes[0, col]
         if background is not None:
             cls = background_classes if background_classes is not None else np.zeros(len(background))
             for i, c in enumerate(np.unique(cls)):
                 sel = cls == c
-                color = plt.get_cmap(CLASS_CMAPS[i % len(CLASS_CMAPS)])(0.5)
+                color = plt.get_cmap(cmaps[i % len(cmaps)])(0.5)
                 ax.scatter(background[sel, 0], background[sel, 1], s=2, color=color, alpha=0.25, linewidths=0)
         ax.contour(gx, gy, dens, levels=8, cmap="viridis")
-        ax.set_title(label)
+        ax.set_title(label, fontsize=10)
         ax.set_aspect("equal")
+        if images:
+            strip = torch.as_tensor(images[label]).detach().float().cpu()
+            strip = strip[:, 0] if strip.dim() == 4 else strip
+            axes[1, col].imshow(torch.cat(list(strip.clamp(0, 1)), dim=-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[1, col].axis("off")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

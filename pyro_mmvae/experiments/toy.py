@@ -135,3 +135,92 @@ def evaluate_joint(model, guide, test, out_dir, device, num_plot: int = 3000, ba
 def conditional_metrics(generated: dict, labels: torch.Tensor) -> dict[str, float]:
     """Coherence of generated modalities with the true full/empty class."""
     return conditional_coherence(CLASSIFIERS, generated, labels)
+
+
+# ---------------------------------------------------------------------- JNF stage 2 (and stage 0 for JNF-Shared)
+EXPERT_VARIANTS = {
+    "gaussian": {"num_blocks": 0},
+    "flow": {"flow": "maf", "num_blocks": 2},
+}
+
+
+def build_experts(latent_dim: int, variant: str, projectors=None, hidden=(512, 512), seed: int = 0):
+    """Unimodal experts q_j(z|x_j): ``"gaussian"``, ``"flow"`` (2 MAF blocks) or ``"shared"``
+    (flow on frozen projections g_j(x_j), JNF-Shared)."""
+    from ..guides import FlowExpertGuide
+
+    mods = CirclesSquares.modalities
+    if variant == "shared":
+        if projectors is None:
+            raise ValueError("the 'shared' variant needs trained projectors")
+        return FlowExpertGuide(mods, latent_dim, flow="maf", num_blocks=2, project=projectors, seed=seed)
+    if variant not in EXPERT_VARIANTS:
+        raise ValueError(f"unknown expert variant {variant!r}; expected gaussian, flow or shared")
+    return FlowExpertGuide(mods, latent_dim, hidden=hidden, seed=seed, **EXPERT_VARIANTS[variant])
+
+
+def build_projectors(out_dim: int = 10, hidden=(256, 256)):
+    from ..nn.projectors import make_projectors
+
+    return make_projectors(CirclesSquares.modalities, out_dim=out_dim, hidden=hidden)
+
+
+def _grid(codes: torch.Tensor, steps: int = 120, margin: float = 0.5):
+    lo = codes.min(0).values - margin
+    hi = codes.max(0).values + margin
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], steps), torch.linspace(lo[1], hi[1], steps), indexing="xy")
+    return gx, gy, torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+
+
+@torch.no_grad()
+def evaluate_experts(model, joint_guide, experts: dict, test, out_dir, device, batch_size: int = 500, seed: int = 0):
+    """Cross-modal coherence per expert variant and the Figure-2 panels.
+
+    For each variant, circles generated from squares (z ~ q_square(z|x_square), decoded mean) and
+    squares from circles are classified full/empty by the centre fill-ratio classifier; the metric
+    is the fraction matching the true shared class. ``expert_posteriors.png`` shows, for one large
+    full test square, q(z|x_square) under every variant over the joint latent codes, with circles
+    decoded from its samples.
+    """
+    model.eval()
+    joint_guide.eval()
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    metrics = {}
+    for variant, guide in experts.items():
+        guide.eval()
+        hits = {"square_to_circle": 0.0, "circle_to_square": 0.0}
+        n = 0
+        for batch in iterate_batches(test, batch_size, shuffle=False):
+            batch = batch.to(device)
+            for src, dst in (("square", "circle"), ("circle", "square")):
+                z = guide.posterior(batch, [src]).sample()
+                gen = model.reconstruct(z, [dst])[dst]
+                hits[f"{src}_to_{dst}"] += (CLASSIFIERS[dst](gen) == batch.labels["full"]).float().sum().item()
+            n += batch.batch_size
+        metrics[variant] = {k: v / n for k, v in hits.items()}
+
+    # Figure 2: the largest full square of the test split.
+    whole = next(iterate_batches(test, min(len(test), 2000), shuffle=False)).to(device)
+    codes = joint_guide.posterior(whole).mean.cpu()
+    full = whole.labels["full"].bool()
+    pick = torch.where(full, whole.labels["square_size"], torch.full_like(whole.labels["square_size"], -1)).argmax()
+    one = whole[pick.reshape(1).to(whole.labels["full"].device)]
+    gx, gy, pts = _grid(codes)
+    panels, strips = {}, {}
+    for variant, guide in experts.items():
+        q = guide.posterior(one, ["square"])
+        dens = q.log_prob(pts.to(device).unsqueeze(-2)).exp().reshape(gx.shape).cpu()
+        panels[f"q(z|x_square): {variant}"] = (gx.numpy(), gy.numpy(), dens.numpy())
+        zs = q.sample((8,))
+        strips[f"q(z|x_square): {variant}"] = model.reconstruct(zs, ["circle"])["circle"][:, 0]
+    plots.density_panels(
+        panels,
+        out_dir / "expert_posteriors.png",
+        background=codes.numpy(),
+        background_classes=whole.labels["full"].cpu().numpy(),
+        images={k: v.cpu() for k, v in strips.items()},
+        title=f"one full square of width {int(one.labels['square_size'].item())}: "
+        "q(z|x_square) and circles decoded from its samples",
+    )
+    return metrics

@@ -18,7 +18,9 @@ Frozen means:
 - the generative model is never run (no decoder computation at all; stage 2 does not need it) and
   is switched to eval mode, so a trainer that calls ``model.train()`` cannot make its
   normalisation statistics drift later;
-- β does not enter the objective (the trainer's ``beta=`` is accepted and ignored).
+- β does not enter the objective (the trainer's ``beta=`` is accepted and ignored);
+- the joint encoder follows the batch's device (a trainer moves only the model and the guide it
+  trains, so the loss moves the frozen encoder to the batch's device on first use).
 
 Design: the trainer calls ``elbo.differentiable_loss(model, guide, batch, beta=...)`` with the
 module being trained as ``guide``; here that is the expert guide (``FlowExpertGuide``, or any guide
@@ -71,8 +73,12 @@ class JNFLoss(ELBO):
             model.train(False)
 
     def joint_posterior(self, batch: MultimodalBatch):
-        """q(z | X) with no graph attached (eval mode, ``no_grad``)."""
+        """q(z | X) with no graph attached (eval mode, ``no_grad``), on the batch's device."""
         self.joint_guide.train(False)
+        first = next(self.joint_guide.parameters(), None)
+        if first is not None and first.device != batch.device:
+            # A trainer moves the model and the trained guide to its device, not this frozen one.
+            self.joint_guide.to(batch.device)
         with torch.no_grad():
             return self.joint_guide.posterior(batch)
 

@@ -1,5 +1,6 @@
 """Neural building blocks: MLPs, conv encoders/decoders, Gaussian heads."""
 
+from .flows import FLOW_KINDS, ConditionalFlow
 from .networks import (
     MLP,
     ConvDecoder,
@@ -10,8 +11,15 @@ from .networks import (
     default_decoder,
     default_encoder,
 )
+from .projectors import FrozenProjector, freeze, make_projector, make_projectors
 
 __all__ = [
+    "ConditionalFlow",
+    "FLOW_KINDS",
+    "FrozenProjector",
+    "freeze",
+    "make_projector",
+    "make_projectors",
     "MLP",
     "ConvDecoder",
     "ConvEncoder",

@@ -37,12 +37,14 @@ data point serves any number of particles or chains. The context's share of each
 layer is computed once per distribution, not once per ``log_prob`` call.
 
 ``log_scale`` of every block is clamped to ``log_scale_clip`` (default [−5, 3]) with Pyro's
-straight-through clamp (the value is clamped, the gradient passes as if it were not). With ``identity_init=True`` (default) each block's last layer is
-zero-initialised, so the flow starts as the identity and q starts as its Gaussian base.
+straight-through clamp (the value is clamped, the gradient passes as if it were not). With
+``identity_init=True`` (default) each block's last layer is zero-initialised, so the flow starts as
+the identity and q starts as its Gaussian base.
 
-Cost, measured by ``benchmarks/flow_cost.py`` (full table: ``benchmarks/results/flow_cost_cpu.md``;
-shared 2-core CPU under load ≈ 5, 1 thread, minimum of 60 runs, so read them as upper bounds ±50%),
-2 blocks, hidden (128, 128), N = 1000 experts with encoder outputs fixed, z of shape (N, D):
+Cost, measured by ``benchmarks/flow_cost.py`` (full table: ``benchmarks/results/flow_cost_cpu.md``)
+on a 2-core CPU shared with other jobs (load average 3.7-5; 1 thread; minimum of 60 runs, so read
+them as upper bounds), 2 blocks, hidden (128, 128), N = 1000 experts with encoder outputs fixed,
+z of shape (N, D):
 
 =========  ============================  ==========================
 D = 20     log_prob + grad at any z      one draw per expert

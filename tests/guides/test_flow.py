@@ -5,9 +5,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro_mmvae.guides.flow import FlowExpertGuide
 from torch import nn
 
+from pyro_mmvae.guides.flow import FlowExpertGuide
 from pyro_mmvae.nn.networks import GaussianHead
 from pyro_mmvae.nn.projectors import FrozenProjector, make_projector
 from tests.common import small_batch, small_modalities
@@ -91,15 +91,28 @@ def test_guide_program_samples_site_z():
     assert tr.nodes["z"]["value"].shape == (3, 5, D)
 
 
-def test_missing_rows_still_give_a_distribution_missing_everywhere_raises():
+def test_missing_rows_still_give_a_distribution():
     present = {"a": torch.tensor([True, False, True, False])}
     guide, batch = make_guide(), small_batch(4, present=present)
     q = guide.expert(batch, "a")
     assert q.batch_shape == (4,) and torch.isfinite(q.log_prob(torch.randn(4, D))).all()
+    # missing in every row: still a full-shape distribution (callers mask with batch.present) ...
     nowhere = small_batch(4, present={"a": torch.zeros(4, dtype=torch.bool)})
-    with pytest.raises(ValueError, match="'a' is missing in every row"):
-        guide.expert(nowhere, "a")
-    assert sorted(guide.experts(nowhere)) == ["b", "c"]
+    assert guide.expert(nowhere, "a").batch_shape == (4,)
+    # ... and expert_dists() leaves such a modality out by default
+    assert sorted(guide.expert_dists(nowhere)) == ["b", "c"]
+    with pytest.raises(KeyError, match="not in the batch"):
+        guide.expert(batch.select(["b", "c"]), "a")
+
+
+def test_experts_module_holds_encoders_and_flows():
+    guide, _ = shared_guide()
+    experts = guide.experts
+    assert {id(p) for p in experts.parameters()} == {id(p) for p in guide.parameters()}
+    guide.eval()
+    experts.train()
+    assert guide.encoders["c"].training and guide.flows["a"].training
+    assert not guide.encoders["a"][0].training  # the frozen projector stays in eval mode
 
 
 def test_float64_guide():

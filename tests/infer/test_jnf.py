@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from pyro_mmvae.data.dataset import MultimodalDataset
 from pyro_mmvae.guides.flow import FlowExpertGuide
 from pyro_mmvae.guides.joint import JointGuide
+from pyro_mmvae.infer.fit import fit
 from pyro_mmvae.infer.jnf import JNFLoss
 from pyro_mmvae.models.multimodal_vae import MultimodalVAE
 from pyro_mmvae.nn.projectors import make_projector
@@ -165,3 +167,24 @@ def test_jnf_shared_experts_train_without_touching_the_projectors():
     JNFLoss(joint, num_particles=2).loss_and_grads(None, experts, small_batch(6))
     assert all(p.grad is None for g in projectors.values() for p in g.parameters())
     assert all(p.grad is not None for p in experts.trainable_parameters())
+
+
+def test_stage_two_with_the_trainer():
+    model, joint, experts = setup(num_blocks=2)
+    data = MultimodalDataset(small_batch(48).data, modalities=small_modalities())
+    frozen = [p.detach().clone() for p in [*joint.parameters(), *model.parameters()]]
+    result = fit(
+        model,
+        experts,
+        data,
+        elbo=JNFLoss(joint, num_particles=4),
+        epochs=3,
+        batch_size=16,
+        params=experts.experts,
+        train_mode_modules=[experts.experts],
+        progress=False,
+        device="cpu",
+    )
+    losses = [row["train_loss"] for row in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, [*joint.parameters(), *model.parameters()]))
