@@ -96,7 +96,7 @@ from pyro_mmvae.metrics.rates import dataset_rates_and_distortions
 from pyro_mmvae.models.multimodal_vae import MultimodalVAE
 from pyro_mmvae.models.private import PrivateLatentVAE
 from pyro_mmvae.nn.set_aggregators import lecun_normal_
-from pyro_mmvae.utils import set_seed
+from pyro_mmvae.utils import resolve_device, set_seed
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -1051,7 +1051,7 @@ def parse_args(argv=None):
     p.add_argument("--sections", default=None, help="comma list of sections (dense, sparse, eta=0.5, eta=0, main)")
     p.add_argument("--mask-sampler", default="uniform", choices=("uniform", "paper"))
     p.add_argument("--poe-mean", default="correct", choices=("correct", "paper"))
-    p.add_argument("--device", default="cpu", help="torch device for training and evaluation (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda:0, ...")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--workers", type=int, default=1, help="configurations trained in parallel processes (default 1)")
     p.add_argument("--name", default=None, help="run name (default: quick, full or medium)")
@@ -1107,7 +1107,7 @@ def machine_info(device: str, threads: int, workers: int) -> dict:
         "pyro": pyro.__version__,
         "threads": threads,
         "workers": workers,
-        "device": device,
+        "device": str(resolve_device(device)),
     }
 
 
@@ -1132,8 +1132,9 @@ def main(argv=None) -> dict:
                 for obj in args.objectives:
                     for seed in s.seeds:
                         plan.append((t, sec, row, obj, seed, s))
-    # seeds outermost within a table so that a dataset is generated once per (table, section, seed)
-    plan.sort(key=lambda c: (c[0], [x.name for x in LAYOUT[c[0]]].index(c[1].name), c[4]))
+    # Seed-major order: every table gets its first seed before any table gets its second, so a long
+    # run has results for all tables early; consecutive jobs share a (table, section, seed) dataset.
+    plan.sort(key=lambda c: (c[5].seeds.index(c[4]), c[0], [x.name for x in LAYOUT[c[0]]].index(c[1].name)))
 
     results: dict = {}
     bar = tqdm(total=len(plan), desc="pi tables", unit="config", disable=args.no_progress)

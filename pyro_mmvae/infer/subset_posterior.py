@@ -21,6 +21,7 @@ Shapes: ``log_prob(z)`` takes ``z`` of shape ``(*lead, N, D)`` (``lead`` e.g. ch
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import pyro.distributions as dist
@@ -46,6 +47,22 @@ def diagonal_gaussian_params(d: Distribution) -> tuple[torch.Tensor, torch.Tenso
         shape = d.batch_shape + d.event_shape
         return base.loc.expand(shape), base.scale.expand(shape)
     return None
+
+
+def _without_validation(d: Distribution) -> Distribution:
+    """A shallow copy of ``d`` (and of the distributions it wraps) that skips argument validation.
+
+    Validation checks every value against the support on the host (``bool(tensor)``): once per
+    expert and leapfrog step that would be a host synchronisation, which a sampler on a GPU must
+    avoid. The parameters are shared, not copied.
+    """
+    d = copy.copy(d)
+    d._validate_args = False
+    for attr in ("base_dist", "_mixture_distribution", "_component_distribution"):
+        inner = getattr(d, attr, None)
+        if isinstance(inner, Distribution):
+            setattr(d, attr, _without_validation(inner))
+    return d
 
 
 def _as_distribution(prior) -> Distribution:
@@ -112,6 +129,9 @@ class SubsetPosterior:
                 f"the prior's batch shape must be () or ({self.num_data},), got {tuple(self.prior.batch_shape)}"
             )
         self.mask = self._check_mask(mask)
+        # the shape checks above were done on the given objects; evaluate unvalidated copies
+        self.prior = _without_validation(self.prior)
+        self.experts = {name: _without_validation(e) for name, e in self.experts.items()}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -239,11 +259,20 @@ class SubsetPosterior:
                 total = total + expert.log_prob(z)
             return total
         total = log_prior
-        mask = self.mask.to(z.device)
+        mask = self._mask_on(z.device)
         for j, expert in enumerate(self.experts.values()):
             # where, not multiplication: a masked expert may be -inf at z and must not leak NaNs.
             total = total + torch.where(mask[j], expert.log_prob(z) - log_prior, torch.zeros_like(log_prior))
         return total
+
+    def _mask_on(self, device) -> torch.Tensor:
+        """The mask on ``device``, copied there once."""
+        if self.mask.device != device:
+            cache = self.__dict__.setdefault("_mask_cache", {})
+            if device not in cache:
+                cache[device] = self.mask.to(device)
+            return cache[device]
+        return self.mask
 
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """Per-target potential energy −log p(z | x_S): ``(*lead, N, D)`` → ``(*lead, N)``."""
