@@ -29,7 +29,31 @@ def _check_beta(beta: float) -> float:
     return beta
 
 
-class BetaELBO(ELBO):
+class LossELBO(ELBO):
+    """Base of the library's objectives: subclasses implement ``differentiable_loss`` only.
+
+    ``loss`` and ``loss_and_grads`` (what ``pyro.infer.SVI`` calls) are derived from it, and
+    ``ELBO()(model, guide)`` gives an ``nn.Module`` for plain torch optimisers. The objectives build
+    their own traces, so Pyro's generic ``_get_trace`` is not used.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} builds its own traces")
+
+
+class BetaELBO(LossELBO):
     """β-ELBO with vectorised particles, optional STL and importance weighting.
 
     Args:
@@ -64,15 +88,3 @@ class BetaELBO(ELBO):
         else:
             per_point = bound.mean(0)
         return -per_point.mean()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("BetaELBO builds its traces in per_datapoint_bound")
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()

@@ -36,18 +36,18 @@ Gaussian experts (``num_blocks=0``) and a Gaussian joint encoder only.
 from __future__ import annotations
 
 import torch
-from pyro.infer import ELBO
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from ..data.batch import MultimodalBatch
+from .elbo import LossELBO
 
 
 def _is_diag_normal(d) -> bool:
     return isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1
 
 
-class JNFLoss(ELBO):
+class JNFLoss(LossELBO):
     """−Σ_j E_{q(z|X)}[log q_j(z | x_j)], averaged over data points.
 
     Args:
@@ -153,15 +153,3 @@ class JNFLoss(ELBO):
         self._freeze(model)
         terms = self.per_datapoint_terms(guide, batch)
         return -sum(terms.values()).mean()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("JNFLoss does not trace the model: stage 2 evaluates the experts directly")

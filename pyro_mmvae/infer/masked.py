@@ -47,12 +47,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-from pyro.infer import ELBO
 from pyro.poutine import replay
 
 from ..data.batch import MultimodalBatch, Subset
 from ..distributions.detach import detach_distribution
-from .elbo import _check_beta
+from .elbo import LossELBO, _check_beta
 from .masks import make_mask_sampler
 from .traces import observation_weights, per_datapoint, sample_sites, site_log_prob, trace_guide, trace_model
 
@@ -196,7 +195,7 @@ def _nonempty(masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- ELBOs
-class _SubsetELBO(ELBO):
+class _SubsetELBO(LossELBO):
     """Shared machinery: mask sampling, trace drawing, importance-weighted loss."""
 
     parts: tuple[str, ...] = ()
@@ -252,18 +251,6 @@ class _SubsetELBO(ELBO):
         bound = self.per_datapoint_bound(model, guide, batch, beta, mask)
         per_point = torch.logsumexp(bound, 0) - math.log(bound.shape[0])
         return -per_point.mean()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(f"{type(self).__name__} builds its traces in draw()")
 
 
 class MaskedELBO(_SubsetELBO):
