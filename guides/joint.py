@@ -60,11 +60,12 @@ class JointGuide(MultimodalGuide):
 
     def posterior(self, batch: MultimodalBatch, subset: Subset = None):
         masks = batch.subset_mask(subset)
+        heads = self.heads  # read once: each access re-registers every head's parameters with pyro.module
         feats = []
         for name in self.names:
             if name not in batch.data:
                 raise KeyError(f"modality {name!r} is missing from the batch (mark it missing with present=False)")
-            h = self.heads[name](batch.data[name])
+            h = heads[name](batch.data[name])
             feats.append(torch.where(masks[name].unsqueeze(-1), h, torch.zeros_like(h)))
         loc, scale = self.gaussian(self.merge(torch.cat(feats, dim=-1)))
         return dist.Normal(loc, scale).to_event(1)

@@ -98,7 +98,8 @@ class MultimodalVAE(PyroModule):
     def reconstruct(self, z: torch.Tensor, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Decoded means ``name -> (*lead, *shape)`` at ``z (*lead, D)``."""
         names = self.names if names is None else list(names)
-        return {n: self.likelihoods[n].mean(self.decoders[n](z)) for n in names}
+        decoders, likelihoods = self.decoders, self.likelihoods
+        return {n: likelihoods[n].mean(decoders[n](z)) for n in names}
 
     @torch.no_grad()
     def sample_prior(self, num_samples: int) -> torch.Tensor:
@@ -111,6 +112,9 @@ class MultimodalVAE(PyroModule):
         unknown = [n for n in batch.names if n not in self.modalities]
         if unknown:
             raise KeyError(f"unknown modality name(s) {unknown}; this model has {self.names}")
+        # Read each ModuleDict once: every attribute access of a plain nn.Module on a PyroModule re-runs
+        # pyro.module over ALL its parameters, which made a step cost O(M²) in the number of modalities.
+        decoders, likelihoods = self.decoders, self.likelihoods
         with pyro.plate("data", batch.batch_size):
             with poutine.scale(scale=beta):
                 z = pyro.sample("z", self.prior_dist().expand([batch.batch_size]))
@@ -119,5 +123,5 @@ class MultimodalVAE(PyroModule):
                 if x is None:
                     continue
                 with poutine.mask(mask=batch.present[name]):
-                    pyro.sample(f"x_{name}", self.likelihood_dist(name, z), obs=x)
+                    pyro.sample(f"x_{name}", likelihoods[name](decoders[name](z)), obs=x)
         return z

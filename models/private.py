@@ -83,6 +83,10 @@ class PrivateLatentVAE(MultimodalVAE):
 
     def decode(self, name: str, z: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         """Likelihood parameters of modality ``name`` at ``z (*lead, D)``, ``w (*lead, D̃)``."""
+        return self.decoders[name](self._decoder_input(name, z, w))
+
+    def _decoder_input(self, name: str, z: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """``[z′, z̃_name]`` broadcast to common leading dims: ``(*lead, D + D̃)``."""
         if name not in self.modalities:
             raise KeyError(f"unknown modality {name!r}; this model has {self.names}")
         if w is None:
@@ -96,8 +100,7 @@ class PrivateLatentVAE(MultimodalVAE):
                 f"got {tuple(z.shape)} and {tuple(w.shape)}"
             )
         lead = torch.broadcast_shapes(z.shape[:-1], w.shape[:-1])
-        zw = torch.cat([z.expand(*lead, z.shape[-1]), w.expand(*lead, w.shape[-1])], dim=-1)
-        return self.decoders[name](zw)
+        return torch.cat([z.expand(*lead, z.shape[-1]), w.expand(*lead, w.shape[-1])], dim=-1)
 
     def likelihood_dist(self, name: str, z: torch.Tensor, w: torch.Tensor | None = None):
         """p(x_name | z′, z̃_name) for ``z (*lead, D)``, ``w (*lead, D̃)``: batch shape ``lead``."""
@@ -111,7 +114,8 @@ class PrivateLatentVAE(MultimodalVAE):
         missing = [n for n in names if n not in w]
         if missing:
             raise KeyError(f"private latents missing for modalities {missing}")
-        return {n: self.likelihoods[n].mean(self.decode(n, z, w[n])) for n in names}
+        decoders, likelihoods = self.decoders, self.likelihoods
+        return {n: likelihoods[n].mean(decoders[n](self._decoder_input(n, z, w[n]))) for n in names}
 
     # ------------------------------------------------------------------ the Pyro program
     def forward(self, batch: MultimodalBatch, beta: float = 1.0):
@@ -119,6 +123,9 @@ class PrivateLatentVAE(MultimodalVAE):
         unknown = [n for n in batch.names if n not in self.modalities]
         if unknown:
             raise KeyError(f"unknown modality name(s) {unknown}; this model has {self.names}")
+        # Read each ModuleDict once: every attribute access of a plain nn.Module on a PyroModule re-runs
+        # pyro.module over ALL its parameters, which made a step cost O(M²) in the number of modalities.
+        decoders, likelihoods = self.decoders, self.likelihoods
         b = batch.batch_size
         with pyro.plate("data", b):
             with poutine.scale(scale=beta):
@@ -129,5 +136,6 @@ class PrivateLatentVAE(MultimodalVAE):
                 if x is None:
                     continue
                 with poutine.mask(mask=batch.present[name]):
-                    pyro.sample(f"x_{name}", self.likelihood_dist(name, z, private[name]), obs=x)
+                    params = decoders[name](self._decoder_input(name, z, private[name]))
+                    pyro.sample(f"x_{name}", likelihoods[name](params), obs=x)
         return z

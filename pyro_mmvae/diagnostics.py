@@ -72,7 +72,7 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis of ``(M, n)``, ties sharing their average rank (``rankdata(method="average")``)."""
+    """Ranks 1..n along the last axis of ``(M, n)``, ties sharing their average rank (scipy's "average")."""
     m, n = x.shape
     order = np.argsort(x, axis=-1)
     xs = np.take_along_axis(x, order, axis=-1)
@@ -159,7 +159,10 @@ def _ess_core(x: np.ndarray) -> np.ndarray:
 
 
 def _chunked(fn, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([fn(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)]) if len(x) else np.empty(0)
+    if not len(x):
+        return np.empty(0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant series: 0/0 → NaN, as in ArviZ
+        return np.concatenate([fn(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
 
 
 def _rhat_rank(x: np.ndarray) -> np.ndarray:
@@ -213,7 +216,9 @@ def ess(samples, method: str = "bulk") -> np.ndarray:
     x, shape = _series(samples)
     if x.shape[2] < 4:
         return np.full(shape, np.nan)
-    return _chunked(_ESS[method], x).reshape(shape)
+    out = _chunked(_ESS[method], x)
+    out[np.isnan(x).any(axis=(1, 2))] = np.nan
+    return out.reshape(shape)
 
 
 # ---------------------------------------------------------------------- per-target summaries
@@ -225,8 +230,9 @@ def _diagnose(x: np.ndarray) -> np.ndarray:
     r = np.maximum(_rhat_core(z), _rhat_core(_z_scale(folded)))
     if x.shape[1] < 2:
         r = np.full_like(r, np.nan)
-    r[np.isnan(x).any(axis=(1, 2))] = np.nan
-    return np.stack([r, _ess_core(z), _ess_tail(x)])
+    out = np.stack([r, _ess_core(z), _ess_tail(x)])
+    out[:, np.isnan(x).any(axis=(1, 2))] = np.nan
+    return out
 
 
 def diagnose(samples) -> dict[str, np.ndarray]:
@@ -235,7 +241,8 @@ def diagnose(samples) -> dict[str, np.ndarray]:
     if x.shape[2] < 4:
         nan = np.full(shape, np.nan)
         return {"rhat": nan, "ess_bulk": nan.copy(), "ess_tail": nan.copy()}
-    out = np.concatenate([_diagnose(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.concatenate([_diagnose(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)], axis=1)
     return {name: out[i].reshape(shape) for i, name in enumerate(("rhat", "ess_bulk", "ess_tail"))}
 
 

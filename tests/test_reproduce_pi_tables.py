@@ -52,6 +52,10 @@ def test_one_table_one_aggregator_end_to_end(script, tmp_path):
     again = script.main(argv)
     assert again["num_cached"] == 2 == report["num_configurations"]
     assert again["tables"]["1"]["sections"] == report["tables"]["1"]["sections"]
+    # adding a seed trains only the new seed's configurations
+    more = script.main([a if a != "1" or argv[i - 1] != "--seeds" else "2" for i, a in enumerate(argv)])
+    assert more["num_cached"] == 2 and more["num_configurations"] == 4
+    assert more["tables"]["1"]["sections"]["main"]["SumPooling"]["masked"]["llh_gap"]["n"] == 2
 
 
 def test_claims_on_published_numbers(script):

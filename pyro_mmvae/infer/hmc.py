@@ -26,13 +26,17 @@ points) and the potential returns ``(*B,)``. Per target the kernel has
 - divergence detection: a trajectory whose energy error exceeds ``max_energy_error`` (1000) or
   becomes non-finite is stopped and its proposal rejected.
 
-All targets advance in lockstep: one iteration runs ``max_b ceil(T_b / ε_b)`` leapfrog steps for all
-of them and freezes each target (``torch.where``) once its own number of steps is done, so the cost
-of an iteration is set by the longest trajectory. Nothing in an iteration reads a tensor on the
-host (no ``.item()``, no Python ``bool`` of a tensor): the loop length is a Python int refreshed
-every ``refresh_interval`` warmup iterations and once at the end of warmup, and ``logging()`` (which
-``pyro.infer.MCMC`` calls every iteration) returns figures refreshed every ``log_every``
-iterations. Device and dtype follow the state tensor; randomness comes from the global torch RNG.
+All targets advance in lockstep: after warmup one iteration runs ``max_b ceil((1 + j) c T_u,b / ε_b)``
+leapfrog steps for all of them and freezes each target (``torch.where``) once its own number of
+steps is done, so the cost of an iteration is set by the longest trajectory. During warmup every
+``uturn_every``-th iteration follows every target to its U-turn (1.5 T_u at the averaged step size
+ε̄, which is also used for that iteration's proposal); the other warmup iterations cap the loop at
+the ``warmup_loop_quantile`` of the targets' needs, because right after each dual-averaging restart
+a few targets at a time have a tiny step size. Nothing in an iteration reads a tensor on the host
+(no ``.item()``, no Python ``bool`` of a tensor): the loop lengths are Python ints refreshed every
+``refresh_interval`` warmup iterations and once at the end of warmup, and ``logging()`` (which
+``pyro.infer.MCMC`` calls every iteration) returns figures refreshed every ``log_every`` iterations.
+Device and dtype follow the state tensor; randomness comes from the global torch RNG.
 
 Chains: ``pyro.infer.MCMC`` runs ONE chain of this kernel (``num_chains=1``); C chains are a batch
 dimension of the state. Pass ``initial_params={"z": z0}`` with ``z0`` of shape ``(C, N, D)``, or give
@@ -121,8 +125,9 @@ class BatchedHMC(MCMCKernel):
     """HMC with per-target accept/reject, step size, diagonal mass matrix and trajectory length.
 
     Args:
-        target: an object with ``log_prob(z) -> (*B,)`` (e.g. :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`)
-            and, optionally, ``initial_points(num_chains) -> (C, N, D)`` for default starting points.
+        target: an object with ``log_prob(z) -> (*B,)`` (e.g. a
+            :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`) and, optionally,
+            ``initial_points(num_chains) -> (C, N, D)`` for default starting points.
         potential_fn: alternatively the per-target potential energy ``z (*B, D) -> (*B,)`` (−log density).
         num_chains: chains stacked as the leading batch dimension when starting points come from
             ``target.initial_points``; ignored when ``initial_params`` are given.
@@ -145,6 +150,9 @@ class BatchedHMC(MCMCKernel):
         refresh_interval: warmup iterations between (host-synchronising) updates of the loop length.
         uturn_every: every how many warmup iterations a trajectory is followed to its U-turn (those
             iterations cost ~1.5 T_u / ε leapfrog steps instead of ~0.45 T_u / ε on average).
+        warmup_loop_quantile: during warmup the loop length is this quantile (not the max) over
+            targets of their needed steps; the few targets above it get shorter warmup trajectories.
+            After warmup the loop always covers every target.
         log_every: iterations between refreshes of the figures returned by :meth:`logging`.
         initial_params: ``{param_name: z0}``, ``z0`` of shape ``(*B, D)``.
     """
@@ -172,6 +180,7 @@ class BatchedHMC(MCMCKernel):
         base_window: int = 25,
         refresh_interval: int = 10,
         uturn_every: int = 3,
+        warmup_loop_quantile: float = 0.85,
         log_every: int = 25,
         initial_params: dict | None = None,
     ):
@@ -202,6 +211,7 @@ class BatchedHMC(MCMCKernel):
         self.init_buffer, self.term_buffer, self.base_window = init_buffer, term_buffer, base_window
         self.refresh_interval, self.log_every = max(1, int(refresh_interval)), max(1, int(log_every))
         self.uturn_every = max(1, int(uturn_every))
+        self.warmup_loop_quantile = float(warmup_loop_quantile)
         # the MCMCKernel contract: no Pyro model, the state already lives in unconstrained space
         self.model = None
         self.transforms = {}
@@ -315,7 +325,9 @@ class BatchedHMC(MCMCKernel):
 
     def _initialize(self, z: torch.Tensor) -> None:
         if z.dim() < 1 or not z.dtype.is_floating_point:
-            raise ValueError(f"{self.param_name!r} must be a floating tensor (*batch, D), got {z.dtype} {tuple(z.shape)}")
+            raise ValueError(
+                f"{self.param_name!r} must be a floating tensor (*batch, D), got {z.dtype} {tuple(z.shape)}"
+            )
         self._inv_mass = torch.ones_like(z)
         if self.init_inverse_mass is not None:
             m = torch.as_tensor(self.init_inverse_mass, dtype=z.dtype, device=z.device)
@@ -325,7 +337,8 @@ class BatchedHMC(MCMCKernel):
         self._set_position(z)
         if self._u.shape != z.shape[:-1]:
             raise ValueError(
-                f"the potential must return one value per target, shape {tuple(z.shape[:-1])}, got {tuple(self._u.shape)}"
+                f"the potential must return one value per target, shape {tuple(z.shape[:-1])}, "
+                f"got {tuple(self._u.shape)}"
             )
         if not bool(torch.isfinite(self._u).all()):
             bad = (~torch.isfinite(self._u)).nonzero().tolist()[:10]
@@ -469,10 +482,25 @@ class BatchedHMC(MCMCKernel):
         self._traj_time = torch.where(update, mean + sd, self._traj_time)
         keep = (~update).to(n.dtype)
         self._uturn_sum, self._uturn_sq, self._uturn_count = self._uturn_sum * keep, self._uturn_sq * keep, n * keep
-        steps = self._traj_time / eps
-        need = torch.stack([((1 + self.jitter) * self.trajectory_scale * steps).max(), (1.5 * steps).max()])
-        plain, explore = need.ceil().clamp(1, self.max_num_steps).tolist()
+        plain = (1 + self.jitter) * self.trajectory_scale * (self._traj_time / eps).flatten()
+        if final or self.warmup_loop_quantile >= 1:
+            plain = plain.max()
+        else:
+            # during warmup a few targets at a time have a transiently tiny dual-averaging step size;
+            # letting them set everyone's loop would triple the warmup cost. They are clamped instead
+            # (shorter warmup trajectories; U-turns are measured on exploring iterations only).
+            plain = torch.quantile(plain, self.warmup_loop_quantile)
+        # exploring iterations integrate with the averaged step size, which has no such outliers,
+        # and cover EVERY target: a censored U-turn would bias the hardest targets' T_u low.
+        explore = (1.5 * self._traj_time / self._explore_eps()).max()
+        plain, explore = torch.stack([plain, explore]).ceil().clamp(1, self.max_num_steps).tolist()
         self._loop, self._explore_loop = int(plain), max(int(plain), int(explore))
+
+    def _explore_eps(self) -> torch.Tensor:
+        """Step sizes of exploring iterations: the dual-averaged ε̄ (the current ε before any update)."""
+        if self.adapt_step_size and self._da.t > 0:
+            return self._da.log_eps_bar.exp()
+        return self._log_eps.exp()
 
     def _update_mass(self) -> None:
         n = self._w_n
@@ -497,7 +525,7 @@ class BatchedHMC(MCMCKernel):
 
     def _adapt(self, accept_prob: torch.Tensor, uturn) -> None:
         t = self._t  # index of the warmup iteration just done
-        if self.adapt_step_size:
+        if self.adapt_step_size and uturn is None:  # exploring iterations do not use the iterate ε
             self._log_eps = self._da.step(accept_prob)
         if uturn is not None:
             time_, valid = uturn
@@ -526,8 +554,11 @@ class BatchedHMC(MCMCKernel):
         elif z is not self._z:
             self._set_position(z)
         warm = not self._warm_done
-        eps = self._log_eps.exp() if warm else self._eps
         explore = warm and self.adapt_trajectory and self._t % self.uturn_every == 0
+        if explore:
+            eps = self._explore_eps()
+        else:
+            eps = self._log_eps.exp() if warm else self._eps
         accept_prob, div, n, uturn = self._transition(eps, explore=explore)
         if warm:
             self._adapt(accept_prob, uturn)
@@ -560,8 +591,8 @@ class HMCRun:
 
     ``samples`` ``(C, S, N, D)``; ``accept_prob``, ``diverging``, ``num_steps`` ``(C, S, N)`` (``None``
     for samplers that do not report them per target); ``step_size`` ``(C, N)`` or ``(C,)``;
-    ``wall_time`` in seconds (warmup + sampling); ``num_grad_evals`` gradient evaluations of the
-    whole batch.
+    ``wall_time`` in seconds (warmup + sampling) and ``sampling_time`` (after warmup);
+    ``num_grad_evals`` gradient evaluations of the whole batch.
     """
 
     samples: torch.Tensor
@@ -572,6 +603,7 @@ class HMCRun:
     inverse_mass_matrix: torch.Tensor | None = None
     trajectory_length: torch.Tensor | None = None
     wall_time: float = float("nan")
+    sampling_time: float = float("nan")
     num_grad_evals: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -588,6 +620,25 @@ class HMCRun:
         if self.accept_prob is not None:
             stats = {"acceptance_rate": self.accept_prob, "diverging": self.diverging, "n_steps": self.num_steps}
         return to_inference_data(self.samples, stats, target_ids=target_ids, var_name=var_name)
+
+
+class _PhaseClock:
+    """An ``MCMC`` hook that adds up the time spent after warmup (from the last warmup iteration on)."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps, self.sampling_time, self._start = warmup_steps, 0.0, None
+
+    def start(self) -> None:
+        self._start = time.perf_counter() if self.warmup_steps == 0 else None
+
+    def __call__(self, kernel, params, stage, i) -> None:
+        if stage.startswith("Warmup") and i == self.warmup_steps - 1:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._start is not None:
+            self.sampling_time += time.perf_counter() - self._start
+        self._start = None
 
 
 def _chain_first(x: torch.Tensor) -> torch.Tensor:
@@ -619,9 +670,14 @@ def sample_subset_posterior(
 
     Returns:
         :class:`HMCRun` with ``samples`` ``(C, S, N, D)`` and per-target statistics.
+
+    Raises:
+        ImproperPosteriorError: the target is Gaussian and improper for some data points.
     """
     if seed is not None:
         pyro.set_rng_seed(seed)
+    if getattr(target, "is_gaussian", False):
+        target.closed_form()  # raises ImproperPosteriorError rather than sampling drifting chains
     if initial_params is None:
         initial_params = target.initial_points(num_chains)
     if "inverse_mass_matrix" not in kernel_kwargs and hasattr(target, "approximate_variance"):
@@ -633,9 +689,12 @@ def sample_subset_posterior(
         warmup_steps=warmup_steps,
         initial_params={kernel.param_name: initial_params},
         disable_progbar=not progress,
+        hook_fn=(clock := _PhaseClock(warmup_steps)),
     )
     start = time.perf_counter()
+    clock.start()
     mcmc.run()
+    clock.stop()
     wall = time.perf_counter() - start
     draws = mcmc.get_samples(group_by_chain=True)[kernel.param_name][0]  # (S, C, N, D)
     stats = kernel.sample_stats()
@@ -648,6 +707,7 @@ def sample_subset_posterior(
         inverse_mass_matrix=stats["inverse_mass_matrix"].cpu(),
         trajectory_length=stats["trajectory_length"].cpu(),
         wall_time=wall,
+        sampling_time=clock.sampling_time,
         num_grad_evals=kernel.num_grad_evals,
         extra={"num_loop_steps": kernel.num_loop_steps, "diagnostics": kernel.diagnostics()},
     )
@@ -655,6 +715,22 @@ def sample_subset_posterior(
 
 def _joint_potential(params, target, name):
     return -target.log_prob(params[name]).sum()
+
+
+class _NUTSWithInitialMetric(pyro.infer.NUTS):
+    """Stock NUTS whose diagonal inverse mass matrix starts from a given vector instead of ones."""
+
+    def __init__(self, *args, initial_inverse_mass: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initial_inverse_mass = initial_inverse_mass
+
+    def _initialize_adapter(self):
+        super()._initialize_adapter()
+        if self._initial_inverse_mass is not None:
+            (site,) = self.initial_params
+            self.mass_matrix_adapter.inverse_mass_matrix = {(site,): self._initial_inverse_mass.reshape(-1)}
+            if self._adapter.adapt_step_size:  # re-find the step size for the new metric
+                self._adapter.reset_step_size_adaptation(self._initial_params)
 
 
 def run_pyro_nuts(
@@ -665,6 +741,7 @@ def run_pyro_nuts(
     seed: int | None = None,
     progress: bool = True,
     initial_params: torch.Tensor | None = None,
+    inverse_mass_matrix: torch.Tensor | None = None,
     **nuts_kwargs,
 ) -> HMCRun:
     """The reference: stock ``pyro.infer.NUTS`` with one joint potential over all N targets.
@@ -672,7 +749,9 @@ def run_pyro_nuts(
     ``potential_fn({"z": z (N, D)}) = −Σ_n log p(z_n | x_S)``: one step size, one diagonal mass matrix
     over the N·D coordinates, one tree and one accept/reject per iteration for all N targets (what
     putting the data points under one plate gives). The C chains run one after another in this
-    process (no multiprocessing), each from ``initial_params[c]`` ``(N, D)``.
+    process (no multiprocessing), each from ``initial_params[c]`` ``(N, D)``. ``inverse_mass_matrix``
+    ``(N, D)`` optionally sets the initial diagonal metric (as :func:`sample_subset_posterior` does by
+    default), so that both samplers start from the same information.
 
     Returns:
         :class:`HMCRun` with ``samples`` ``(C, S, N, D)``, ``step_size`` ``(C,)`` and the per-chain
@@ -684,17 +763,21 @@ def run_pyro_nuts(
         initial_params = target.initial_points(num_chains)
     draws, steps, divs = [], [], []
     potential = partial(_joint_potential, target=target, name="z")
+    clock = _PhaseClock(warmup_steps)
     start = time.perf_counter()
     for c in range(num_chains):
-        kernel = pyro.infer.NUTS(potential_fn=potential, **nuts_kwargs)
+        kernel = _NUTSWithInitialMetric(potential_fn=potential, initial_inverse_mass=inverse_mass_matrix, **nuts_kwargs)
         mcmc = pyro.infer.MCMC(
             kernel,
             num_samples=num_samples,
             warmup_steps=warmup_steps,
             initial_params={"z": initial_params[c]},
             disable_progbar=not progress,
+            hook_fn=clock,
         )
+        clock.start()
         mcmc.run()
+        clock.stop()
         draws.append(mcmc.get_samples()["z"].cpu())
         steps.append(float(kernel.step_size))
         divs.append(list(mcmc.diagnostics()["divergences"]["chain 0"]))
@@ -703,5 +786,6 @@ def run_pyro_nuts(
         samples=torch.stack(draws),
         step_size=torch.tensor(steps),
         wall_time=wall,
+        sampling_time=clock.sampling_time,
         extra={"divergences": divs},
     )

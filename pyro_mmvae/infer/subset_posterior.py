@@ -309,7 +309,9 @@ class SubsetPosterior:
         for j, (name, expert) in enumerate(self.experts.items()):
             params = diagonal_gaussian_params(expert)
             if params is None:
-                raise TypeError(f"closed_form needs diagonal Gaussian experts; expert {name!r} is {type(expert).__name__}")
+                raise TypeError(
+                    f"closed_form needs diagonal Gaussian experts; expert {name!r} is {type(expert).__name__}"
+                )
             loc, scale = params
             prec_j = scale.pow(-2)
             d_prec, d_eta = prec_j - prec0, prec_j * loc - eta0

@@ -75,7 +75,7 @@ def test_initial_params_property_and_errors():
     with pytest.raises(ValueError, match="exactly one of"):
         BatchedHMC()
     with pytest.raises(ValueError, match="no initial_params"):
-        BatchedHMC(potential_fn=lambda z: (z**2).sum(-1)).initial_params
+        _ = BatchedHMC(potential_fn=lambda z: (z**2).sum(-1)).initial_params
     k = BatchedHMC(potential_fn=lambda z: (z**2).sum())
     k.setup(5)
     with pytest.raises(ValueError, match="one value per target"):
@@ -85,7 +85,18 @@ def test_initial_params_property_and_errors():
 class _HostSyncRecorder(TorchFunctionMode):
     """Records tensor → host conversions (``item``, ``bool``, ``tolist``, ...)."""
 
-    SYNCS = {"item", "__bool__", "tolist", "__float__", "__int__", "__index__", "_is_all_true", "numpy", "cpu", "nonzero"}
+    SYNCS = {
+        "item",
+        "__bool__",
+        "tolist",
+        "__float__",
+        "__int__",
+        "__index__",
+        "_is_all_true",
+        "numpy",
+        "cpu",
+        "nonzero",
+    }
 
     def __init__(self):
         super().__init__()
@@ -115,11 +126,16 @@ def test_no_host_sync_inside_iterations():
 
 # ---------------------------------------------------------------------- statistics
 def subset_sizes_mask(num_experts=4, per_size=3):
-    """A mask giving ``per_size`` data points each of the subset sizes 2, ..., ``num_experts``."""
+    """``(|S|, N)``: ``per_size`` data points of each subset size 2, ..., ``num_experts``.
+
+    Expert 0 (the narrow one of :func:`random_gaussian_target`) is always in, which keeps every
+    subset proper; the others rotate.
+    """
+    others = num_experts - 1
     rows = []
     for size in range(2, num_experts + 1):
         for k in range(per_size):
-            rows.append([(j + k) % num_experts < size for j in range(num_experts)])
+            rows.append([True] + [(j + k) % others < size - 1 for j in range(others)])
     return torch.tensor(rows).T
 
 
@@ -157,7 +173,7 @@ def test_identity_start_metric_and_scale_spread():
     sd = target.closed_form().stddev
     assert sd.max() / sd.min() > 20
     run = sample_subset_posterior(
-        target, 800, 400, num_chains=4, seed=3, progress=False, inverse_mass_matrix=torch.ones(5)
+        target, 700, 350, num_chains=4, seed=3, progress=False, inverse_mass_matrix=torch.ones(5)
     )
     check_against_closed_form(run, target)
     # the adapted metric is the posterior variance, per chain and target
@@ -197,17 +213,20 @@ def _importance_mean(target, num_draws=60000):
 
 
 def test_flow_experts_against_importance_sampling():
-    n, d = 5, 2
+    n, d = 4, 2
     g = torch.Generator().manual_seed(0)
     z_true = torch.randn(n, d, generator=g)
-    experts = [
-        _coupling_expert(z_true + 0.3 * torch.randn(n, d, generator=g), 0.2 + 0.6 * torch.rand(n, d, generator=g), s)
-        for s in range(3)
+    locs = [z_true + 0.3 * torch.randn(n, d, generator=g) for _ in range(3)]
+    scales = [0.2 + 0.6 * torch.rand(n, d, generator=g) for _ in range(3)]
+    # two flow experts and a Gaussian one (modalities may differ in how their experts are built)
+    experts = [_coupling_expert(locs[s], scales[s], s) for s in range(2)] + [
+        dist.Normal(locs[2], scales[2]).to_event(1)
     ]
     target = SubsetPosterior(dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1), experts)
+    assert not target.is_gaussian
     mean_is, se_is, is_ess = _importance_mean(target)
-    assert is_ess > 1000
-    run = sample_subset_posterior(target, 600, 300, num_chains=4, seed=6, progress=False)
+    assert is_ess > 300  # the SNIS error below accounts for the rest
+    run = sample_subset_posterior(target, 400, 250, num_chains=4, seed=6, progress=False)
     x = run.samples.double().numpy()
     z = (x.mean((0, 1)) - mean_is) / np.sqrt(x.var((0, 1)) / ess(x, "mean") + se_is**2)
     assert np.abs(z).max() < z_bound(z.size)

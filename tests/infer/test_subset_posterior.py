@@ -13,11 +13,14 @@ from tests.common import small_batch, small_modalities
 
 
 def random_gaussian_target(num_experts=3, n=5, d=4, seed=0, dtype=torch.float32, mask=None):
-    """Experts with scales in [0.05, 5]; expert 0 narrow enough (≤ 0.5) that the product is proper."""
+    """Experts with scales in [0.05, 5]; expert 0 narrow enough (≤ 0.35) that any subset containing it
+    is proper (its precision ≥ 8 exceeds (|S| − 1) × the prior's ≤ 3 × 1.6)."""
     g = torch.Generator().manual_seed(seed)
     locs = torch.randn(num_experts, n, d, generator=g, dtype=torch.float64)
-    log_scales = torch.empty(num_experts, n, d, dtype=torch.float64).uniform_(math.log(0.05), math.log(5.0), generator=g)
-    log_scales[0].uniform_(math.log(0.05), math.log(0.5), generator=g)
+    log_scales = torch.empty(num_experts, n, d, dtype=torch.float64).uniform_(
+        math.log(0.05), math.log(5.0), generator=g
+    )
+    log_scales[0].uniform_(math.log(0.05), math.log(0.35), generator=g)
     prior_loc = 0.3 * torch.randn(d, generator=g, dtype=torch.float64)
     prior_scale = 0.8 + 0.4 * torch.rand(d, generator=g, dtype=torch.float64)
     return SubsetPosterior.from_gaussians(
@@ -121,7 +124,9 @@ def test_improper_posterior_raises_naming_points():
 
 
 def test_closed_form_needs_gaussians():
-    target = SubsetPosterior(dist.Normal(torch.zeros(2), 1.0).to_event(1), [dist.Laplace(torch.zeros(3, 2), 1.0).to_event(1)])
+    target = SubsetPosterior(
+        dist.Normal(torch.zeros(2), 1.0).to_event(1), [dist.Laplace(torch.zeros(3, 2), 1.0).to_event(1)]
+    )
     assert not target.is_gaussian
     with pytest.raises(TypeError, match="expert '0' is Independent"):
         target.closed_form()
@@ -130,7 +135,13 @@ def test_closed_form_needs_gaussians():
 def test_shape_errors():
     prior = dist.Normal(torch.zeros(2), 1.0).to_event(1)
     with pytest.raises(ValueError, match="expert 'b' must have batch shape"):
-        SubsetPosterior(prior, {"a": dist.Normal(torch.zeros(3, 2), 1.0).to_event(1), "b": dist.Normal(torch.zeros(4, 2), 1.0).to_event(1)})
+        SubsetPosterior(
+            prior,
+            {
+                "a": dist.Normal(torch.zeros(3, 2), 1.0).to_event(1),
+                "b": dist.Normal(torch.zeros(4, 2), 1.0).to_event(1),
+            },
+        )
     with pytest.raises(ValueError, match="event shape"):
         SubsetPosterior(prior, [dist.Normal(torch.zeros(3, 5), 1.0).to_event(1)])
     with pytest.raises(ValueError, match="batch shape \\(N,\\)"):
@@ -141,7 +152,9 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="mask must be a bool tensor of shape"):
         SubsetPosterior(prior, [dist.Normal(torch.zeros(3, 2), 1.0).to_event(1)], mask=torch.ones(1, 3))
     with pytest.raises(KeyError, match="unknown expert"):
-        SubsetPosterior(prior, {"a": dist.Normal(torch.zeros(3, 2), 1.0).to_event(1)}, mask={"b": torch.ones(3, dtype=torch.bool)})
+        SubsetPosterior(
+            prior, {"a": dist.Normal(torch.zeros(3, 2), 1.0).to_event(1)}, mask={"b": torch.ones(3, dtype=torch.bool)}
+        )
 
 
 def test_initialisation_and_potential_adapter():

@@ -1,0 +1,292 @@
+"""Subset-posterior sampling: BatchedHMC vs stock Pyro NUTS on the same flow-expert target.
+
+The target: N data points, each with |S| = 3 experts q_j(z | x_j) that are masked autoregressive
+flows (fixed random weights, conditioned on a random per-point context) pushed from a Gaussian whose
+location and scale are random per data point, and a standard Normal prior in D = 20 dimensions:
+p(z | x_S) ∝ p(z) Π_j q_j(z | x_j) / p(z)^{|S|-1}. Both samplers run 4 chains in this process:
+
+- BatchedHMC: one ``pyro.infer.MCMC`` run whose state is ``(C, N, D)``; per-target accept/reject,
+  step size, diagonal mass matrix and trajectory length;
+- Pyro NUTS: ``potential_fn`` = −Σ_n log p(z_n | x_S) over all N points (one plate), chains one after
+  another (``num_chains`` processes would only serialise on a 2-core machine).
+
+Reported per sampler: wall time (warmup + sampling, and sampling only), gradient evaluations, the
+minimum over the N targets of the per-target bulk ESS (each target's ESS is its minimum over the D
+dimensions, pooled over the 4 chains), that minimum per second of wall time, max R-hat, divergences.
+Stock NUTS is slow on N = 1000: it may run fewer draws (``--nuts-warmup``/``--nuts-samples``); the
+comparable figure is ESS per second. The last line is ``min_ess_per_s_ratio_vs_pyro_nuts=<x>``
+(BatchedHMC over NUTS, total wall time).
+
+    python benchmarks/subset_posterior.py --quick                       # ~2 minutes
+    nice python benchmarks/subset_posterior.py --out benchmarks/results/subset_posterior_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_mmvae.diagnostics import diagnose, import_arviz
+from pyro_mmvae.infer.hmc import run_pyro_nuts, sample_subset_posterior
+from pyro_mmvae.infer.subset_posterior import SubsetPosterior
+
+
+def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed):
+    """``num_experts`` flow distributions with batch ``(n,)``, event ``(d,)``, and the flow modules."""
+    g = torch.Generator().manual_seed(seed)
+    z_true = torch.randn(n, d, generator=g)
+    experts, modules = [], []
+    try:
+        from pyro_mmvae.nn.flows import ConditionalFlow
+    except ImportError:  # pragma: no cover - the flows module is part of the package
+        ConditionalFlow = None
+    for j in range(num_experts):
+        loc = z_true + 0.5 * torch.randn(n, d, generator=g)
+        scale = torch.empty(n, d).uniform_(math.log(0.15), math.log(1.0), generator=g).exp()
+        context = torch.randn(n, context_dim, generator=g)
+        base = dist.Normal(loc.to(device, dtype), scale.to(device, dtype)).to_event(1)
+        torch.manual_seed(seed + 100 + j)
+        if ConditionalFlow is not None:
+            flow = ConditionalFlow(
+                dim=d,
+                kind="maf",
+                num_blocks=2,
+                hidden=(64, 64),
+                context_dim=context_dim,
+                seed=seed + j,
+                identity_init=False,
+            )
+            with torch.no_grad():  # tame the random last layers: non-Gaussian, but not pathological
+                for net in flow.nets:
+                    net.layers[-1].weight.mul_(strength)
+                    net.layers[-1].bias.mul_(strength)
+            flow = flow.to(device, dtype).requires_grad_(False)
+            with torch.no_grad():
+                experts.append(flow(base, context=context.to(device, dtype)))
+        else:  # unconditional MAF from pyro.distributions.transforms
+            import pyro.distributions.transforms as T
+
+            blocks = [T.affine_autoregressive(d, hidden_dims=[64, 64]) for _ in range(2)]
+            for b in blocks:
+                with torch.no_grad():
+                    b.arn.layers[-1].weight.mul_(strength)
+                    b.arn.layers[-1].bias.mul_(strength)
+            flow = torch.nn.ModuleList(blocks).to(device, dtype).requires_grad_(False)
+            experts.append(dist.TransformedDistribution(base, [b.inv for b in blocks]))
+        modules.append(flow)
+    return experts, modules
+
+
+class CountingTarget:
+    """Wraps a target and counts ``log_prob`` calls (= gradient evaluations of the whole batch)."""
+
+    def __init__(self, target):
+        self.target, self.calls = target, 0
+
+    def log_prob(self, z):
+        self.calls += 1
+        return self.target.log_prob(z)
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+
+def summarize(name, run, calls, num_chains):
+    x = run.samples.double().numpy()
+    t0 = time.perf_counter()
+    diag = diagnose(x)
+    diag_time = time.perf_counter() - t0
+    per_target_ess = diag["ess_bulk"].min(-1)  # (N,)
+    min_ess = float(np.nanmin(per_target_ess))
+    out = {
+        "sampler": name,
+        "chains": num_chains,
+        "draws_per_chain": x.shape[1],
+        "wall_time_s": run.wall_time,
+        "sampling_time_s": run.sampling_time,
+        "grad_evals": calls,
+        "min_target_ess_bulk": min_ess,
+        "median_target_ess_bulk": float(np.nanmedian(per_target_ess)),
+        "min_target_ess_tail": float(np.nanmin(diag["ess_tail"].min(-1))),
+        "max_rhat": float(np.nanmax(diag["rhat"])),
+        "min_ess_per_s": min_ess / run.wall_time,
+        "min_ess_per_sampling_s": min_ess / run.sampling_time,
+        "diagnostics_time_s": diag_time,
+    }
+    if run.diverging is not None:
+        out["divergent_transitions"] = int(run.diverging.sum())
+        out["mean_accept_prob"] = float(run.accept_prob.float().mean())
+        out["mean_leapfrog_steps"] = float(run.num_steps.float().mean())
+        out["loop_steps_after_warmup"] = run.extra["num_loop_steps"]
+        out["step_size_median"] = float(run.step_size.median())
+    else:
+        out["divergent_transitions"] = int(sum(len(d) for d in run.extra["divergences"]))
+        out["step_size_per_chain"] = [float(s) for s in run.step_size]
+    return out, x
+
+
+def arviz_cost(x, num_targets):
+    """Seconds ArviZ needs for rhat + bulk ESS + tail ESS of ``num_targets`` targets (to extrapolate)."""
+    az = import_arviz()
+    sub = x[:, :, :num_targets]
+    idata = az.from_dict(posterior={"z": sub}, dims={"z": ["target", "zdim"]})
+    t0 = time.perf_counter()
+    az.rhat(idata)
+    az.ess(idata, method="bulk")
+    az.ess(idata, method="tail")
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000, help="data points (independent targets)")
+    p.add_argument("--d", type=int, default=20, help="latent dimension")
+    p.add_argument("--experts", type=int, default=3, help="|S|")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=500, help="BatchedHMC warmup iterations")
+    p.add_argument("--samples", type=int, default=500, help="BatchedHMC draws per chain")
+    p.add_argument("--nuts-warmup", type=int, default=200)
+    p.add_argument("--nuts-samples", type=int, default=200)
+    p.add_argument("--flow-strength", type=float, default=0.3, help="scale of the flows' random last layers")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-nuts", action="store_true")
+    p.add_argument("--arviz-targets", type=int, default=20, help="targets timed with ArviZ's own diagnostics")
+    p.add_argument("--quick", action="store_true", help="N=200, 200+200 BatchedHMC, 60+60 NUTS (~2 minutes)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", help="write <out>.json and <out>.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.warmup, args.samples, args.nuts_warmup, args.nuts_samples = 200, 200, 200, 60, 60
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if args.device == "auto" and not torch.cuda.is_available():
+        device = torch.device("cpu")
+    dtype = getattr(torch, args.dtype)
+
+    experts, _modules = flow_experts(args.n, args.d, args.experts, 8, args.flow_strength, device, dtype, args.seed)
+    prior = dist.Normal(torch.zeros(args.d, device=device, dtype=dtype), 1.0).to_event(1)
+    target = SubsetPosterior(prior, experts)
+    pyro.set_rng_seed(args.seed)
+    init = target.initial_points(args.chains)
+    metric = target.approximate_variance()  # both samplers start from this diagonal metric
+    results = []
+
+    counted = CountingTarget(target)
+    run = sample_subset_posterior(
+        counted,
+        args.samples,
+        args.warmup,
+        args.chains,
+        seed=args.seed,
+        progress=args.progress,
+        initial_params=init,
+        inverse_mass_matrix=metric,
+    )
+    res, x_hmc = summarize("BatchedHMC", run, counted.calls, args.chains)
+    res["warmup"], res["samples"] = args.warmup, args.samples
+    res["ms_per_iteration"] = 1e3 * run.wall_time / (args.warmup + args.samples)
+    res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / args.samples
+    res["ms_per_grad_eval"] = 1e3 * run.wall_time / counted.calls
+    results.append(res)
+
+    if not args.skip_nuts:
+        counted = CountingTarget(target)
+        run = run_pyro_nuts(
+            counted,
+            args.nuts_samples,
+            args.nuts_warmup,
+            args.chains,
+            seed=args.seed,
+            progress=args.progress,
+            initial_params=init,
+            inverse_mass_matrix=metric,
+        )
+        res, _ = summarize("Pyro NUTS (one plate)", run, counted.calls, args.chains)
+        res["warmup"], res["samples"] = args.nuts_warmup, args.nuts_samples
+        iters = args.chains * (args.nuts_warmup + args.nuts_samples)
+        res["ms_per_iteration"] = 1e3 * run.wall_time / iters
+        res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / (args.chains * args.nuts_samples)
+        res["ms_per_grad_eval"] = 1e3 * run.wall_time / counted.calls
+        results.append(res)
+
+    k = min(args.arviz_targets, args.n)
+    az_time = arviz_cost(x_hmc, k)
+    diag_cost = {
+        "series": args.n * args.d,
+        "vectorised_s": results[0]["diagnostics_time_s"],
+        "arviz_s_for_targets": az_time,
+        "arviz_targets": k,
+        "arviz_s_extrapolated": az_time * args.n / k,
+    }
+
+    cols = [
+        ("sampler", "{}"),
+        ("wall_time_s", "{:.1f}"),
+        ("sampling_time_s", "{:.1f}"),
+        ("grad_evals", "{}"),
+        ("ms_per_iteration", "{:.1f}"),
+        ("min_target_ess_bulk", "{:.1f}"),
+        ("median_target_ess_bulk", "{:.0f}"),
+        ("min_target_ess_tail", "{:.1f}"),
+        ("max_rhat", "{:.3f}"),
+        ("divergent_transitions", "{}"),
+        ("min_ess_per_s", "{:.3f}"),
+        ("min_ess_per_sampling_s", "{:.3f}"),
+    ]
+    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in results:
+        lines.append("| " + " | ".join(f.format(r[c]) for c, f in cols) + " |")
+    table = "\n".join(lines)
+    header = (
+        f"N={args.n} D={args.d} |S|={args.experts} flow experts (MAF, 2 blocks, hidden 64x64, strength "
+        f"{args.flow_strength}), {args.chains} chains, device={device}, dtype={args.dtype}, threads={args.threads}"
+    )
+    print(header)
+    print(table)
+    print(
+        f"diagnostics of {diag_cost['series']} series: vectorised {diag_cost['vectorised_s']:.2f} s; ArviZ "
+        f"{diag_cost['arviz_s_for_targets']:.2f} s for {k} targets "
+        f"-> ~{diag_cost['arviz_s_extrapolated']:.0f} s for all"
+    )
+    ratio = None
+    if len(results) == 2:
+        ratio = results[0]["min_ess_per_s"] / results[1]["min_ess_per_s"]
+        ratio_sampling = results[0]["min_ess_per_sampling_s"] / results[1]["min_ess_per_sampling_s"]
+        print(f"ratio (sampling phase only): {ratio_sampling:.1f}")
+    if args.out:
+        record = {
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.platform()}",
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "args": vars(args),
+            "results": results,
+            "diagnostics_cost": diag_cost,
+            "min_ess_per_s_ratio_vs_pyro_nuts": ratio,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        out.with_suffix(".md").write_text(f"{header}\n\n{table}\n")
+    if ratio is not None:
+        print(f"min_ess_per_s_ratio_vs_pyro_nuts={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Smoke tests of the aggregation-scaling benchmark's machinery (tiny sizes, one step; nothing is timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aggregation_scaling.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("aggregation_scaling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_end_to_end_reports_every_pair_and_the_mopoe_cap(script, tmp_path, capsys):
+    cap = script.MAX_MOPOE_MODALITIES
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    argv = ["--ms", "2", str(cap + 1), "--steps", "1", "--warmup", "0", "--batch-size", "6", "--width", "8"]
+    report = script.main([*argv, "--json", str(out_json), "--markdown", str(out_md)])
+
+    saved = json.loads(out_json.read_text())
+    assert saved["ms"] == [2, cap + 1] and saved["elbo"].startswith("MaskedELBO")
+    by_key = {(r["num_modalities"], r["guide"]): r for r in saved["results"]}
+    assert set(by_key) == {(m, g) for m in (2, cap + 1) for g in script.GUIDES}
+    for (m, guide), r in by_key.items():
+        if guide == "MoPoE" and m > cap:
+            assert r["median_ms"] is None and f"M <= {cap}" in r["error"]
+        else:
+            assert r["error"] is None, r["error"]
+            assert r["median_ms"] > 0 and r["memory_mib"] > 0 and r["parameters"] > 0
+    assert report["step_ratio_m50_vs_m5"]["SumPooling M=50/M=5"] is None  # M = 50 was not run
+
+    md = out_md.read_text()
+    assert "capped" in md and saved["command"] in md
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(f"MoPoE, M = {cap + 1}:" in ln for ln in lines)
+    assert lines[-1] == "sumpooling_step_ratio_m50_vs_m5=nan"
+
+
+def test_saved_tensor_memory_grows_with_the_number_of_modalities(script):
+    s = script.Settings(batch_size=16, width=8)
+    pyro.set_rng_seed(0)
+    small = script.Pair(2, "PoE", s, torch.device("cpu"), seed=0).memory_bytes()
+    large = script.Pair(8, "PoE", s, torch.device("cpu"), seed=0).memory_bytes()
+    assert 0 < small < large
+
+
+def test_hoisted_model_is_the_same_program(script):
+    """The diagnostic model only reads its ModuleDicts once per trace: same loss for the same weights and seed."""
+    mods = script.make_modalities(5, 4)
+    library = script.MultimodalVAE(mods, 3, hidden=(8,))
+    hoisted = script.HoistedLookupVAE(mods, 3, hidden=(8,))
+    hoisted.load_state_dict(library.state_dict())
+    guide = script.make_guide("SumPooling", mods, script.Settings(latent_dim=3, width=8))
+    batch = script.make_batch(mods, 12, "cpu", seed=0)
+    batch.present["m3"][:5] = False  # a missing modality as well
+    losses = []
+    for model in (library, hoisted):
+        pyro.set_rng_seed(1)
+        losses.append(script.MaskedELBO().loss(model, guide, batch))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
