@@ -23,11 +23,6 @@ non-finite in some timed steps (the JSON counts them): the set guides sum M unno
 so at large M an UNTRAINED network's ρ can output log-scales large enough for exp(ℓ) to overflow
 the float32 log-densities; the arithmetic, hence the cost, is the same.
 
-``--hoisted-model`` swaps in :class:`HoistedLookupVAE`, the same generative program whose
-forward reads its decoder/likelihood ``ModuleDict``s once per trace instead of once per modality:
-on a ``PyroModule`` every such read issues ``pyro.module`` over all M decoders' parameters, an
-O(M²) cost in the library's ``MultimodalVAE`` that dominates the step at M = 50.
-
 MoPoE evaluates 2^M products of experts; its guide refuses M > ``MAX_MOPOE_MODALITIES`` with a
 ``ValueError`` at construction, and the benchmark prints that message for those M instead of
 attempting the step.
@@ -56,7 +51,6 @@ from dataclasses import asdict, dataclass, field
 
 import pyro
 import torch
-from pyro import poutine
 
 from pyro_mmvae.data.batch import MultimodalBatch
 from pyro_mmvae.data.modality import Modality
@@ -79,10 +73,7 @@ GUIDES = ("PoE", "MoE", "MoPoE", "SumPooling", "SelfAttention")
 DEFAULT_MS = (2, 5, 10, MAX_MOPOE_MODALITIES, 20, 50)
 QUICK_MS = (2, 5, 50)
 GRAD_CLIP_VALUE = 100.0
-MODEL_NAMES = {
-    False: "MultimodalVAE (the library's model)",
-    True: "HoistedLookupVAE (diagnostic: MultimodalVAE with its ModuleDict lookups hoisted out of the modality loop)",
-}
+MODEL_NAME = "MultimodalVAE (the library's model)"
 
 
 @dataclass
@@ -93,7 +84,6 @@ class Settings:
     width: int = 128
     lr: float = 1e-5
     threads: int = 1
-    hoisted_model: bool = False
 
 
 @dataclass
@@ -137,34 +127,13 @@ def make_batch(modalities, batch_size: int, device, seed: int) -> MultimodalBatc
     return MultimodalBatch(data).to(device)
 
 
-class HoistedLookupVAE(MultimodalVAE):
-    """Diagnostic (``--hoisted-model``): the same Pyro program, with the ModuleDict lookups hoisted.
-
-    Reading a plain ``nn.Module`` attribute of an active ``PyroModule`` issues ``pyro.module`` over
-    ALL of that module's parameters. ``MultimodalVAE.forward`` reads ``self.decoders`` and
-    ``self.likelihoods`` once per modality, which costs O(M²) ``pyro.param`` calls per trace; this
-    subclass reads each once per trace (O(M)). Densities and sites are unchanged.
-    """
-
-    def forward(self, batch: MultimodalBatch, beta: float = 1.0):
-        decoders, likelihoods = self.decoders, self.likelihoods  # one pyro.module registration each
-        with pyro.plate("data", batch.batch_size):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior_dist().expand([batch.batch_size]))
-            for name in self.names:
-                with poutine.mask(mask=batch.present[name]):
-                    pyro.sample(f"x_{name}", likelihoods[name](decoders[name](z)), obs=batch.data[name])
-        return z
-
-
 class Pair:
     """A model/guide pair with its loss module, optimiser and batch; ``step()`` runs one training step."""
 
     def __init__(self, num: int, kind: str, s: Settings, device: torch.device, seed: int):
         mods = make_modalities(num, s.data_dim)
         self.guide = make_guide(kind, mods, s).to(device)  # raises for MoPoE above its cap
-        model_cls = HoistedLookupVAE if s.hoisted_model else MultimodalVAE
-        self.model = model_cls(mods, s.latent_dim, hidden=(s.width, s.width)).to(device)
+        self.model = MultimodalVAE(mods, s.latent_dim, hidden=(s.width, s.width)).to(device)
         elbo = MaskedELBO() if MaskedELBO is not None else BetaELBO()
         self.loss = elbo(self.model, self.guide)
         self.params = list(self.loss.parameters())
@@ -320,6 +289,12 @@ def format_table(results: list[Result], ms, memory_label: str) -> str:
     return "\n".join(lines)
 
 
+def last_line(ratios: dict) -> str:
+    """The run's final output line: the SumPooling step-time ratio M = 50 / M = 5 (``nan`` if either was not run)."""
+    sp = ratios["SumPooling M=50/M=5"]
+    return f"sumpooling_step_ratio_m50_vs_m5={sp:.3f}" if sp is not None else "sumpooling_step_ratio_m50_vs_m5=nan"
+
+
 def markdown_report(meta: dict, results: list[Result], table: str, ratios: dict) -> str:
     m, st = meta["machine"], meta["settings"]
     errors = sorted({r.error for r in results if r.error})
@@ -348,6 +323,8 @@ def markdown_report(meta: dict, results: list[Result], table: str, ratios: dict)
         "",
         *[f"- {k}: {v:.2f}" if v is not None else f"- {k}: n/a" for k, v in ratios.items()],
         "",
+        f"Last line of the run's output: `{last_line(ratios)}`",
+        "",
     ]
     flagged = [r for r in results if r.nonfinite_steps]
     if flagged:
@@ -373,11 +350,6 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=Settings.width)
     p.add_argument("--threads", type=int, default=Settings.threads)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--hoisted-model",
-        action="store_true",
-        help="diagnostic: a MultimodalVAE whose forward looks its decoders up once per trace (see HoistedLookupVAE)",
-    )
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--markdown", default=None, help="write a markdown report here")
     args = p.parse_args(argv)
@@ -398,7 +370,7 @@ def main(argv=None) -> dict:
     warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    s = Settings(batch_size=args.batch_size, width=args.width, threads=args.threads, hoisted_model=args.hoisted_model)
+    s = Settings(batch_size=args.batch_size, width=args.width, threads=args.threads)
     memory_method = (
         "torch.cuda.max_memory_allocated during one step minus the memory allocated before it"
         if device.type == "cuda"
@@ -406,7 +378,7 @@ def main(argv=None) -> dict:
         "captured with torch.autograd.graph.saved_tensors_hooks)"
     )
     print(f"objective: {ELBO_NAME}")
-    print(f"model: {MODEL_NAMES[args.hoisted_model]}")
+    print(f"model: {MODEL_NAME}")
     print(f"memory: {memory_method}")
     print(f"M = {args.ms}; {args.steps} timed rounds after {args.warmup} warm-up; device {device}")
     load_start, t0 = load_average(), time.perf_counter()
@@ -436,7 +408,7 @@ def main(argv=None) -> dict:
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "elbo": ELBO_NAME,
-        "model": MODEL_NAMES[args.hoisted_model],
+        "model": MODEL_NAME,
         "memory_method": memory_method,
         "settings": asdict(s),
         "steps": args.steps,
@@ -454,8 +426,7 @@ def main(argv=None) -> dict:
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(markdown_report(meta, results, table, ratios))
-    sp = ratios["SumPooling M=50/M=5"]
-    print(f"sumpooling_step_ratio_m50_vs_m5={sp:.3f}" if sp is not None else "sumpooling_step_ratio_m50_vs_m5=nan")
+    print(last_line(ratios))
     return report
 
 
