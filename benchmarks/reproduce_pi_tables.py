@@ -427,25 +427,13 @@ def private_linear_model(model: PrivateLatentVAE) -> LinearGaussian:
     return LinearGaussian(torch.cat(Ws), torch.cat(bs), torch.cat(vs))
 
 
-def total_log_likelihood(lg: LinearGaussian, x: torch.Tensor) -> float:
-    """Σ_n log N(x_n; b, W Wᵀ + diag(noise_var)) in float64 with ONE triangular solve for all rows.
-
-    (``LinearGaussian.log_likelihood`` gives the same numbers but solves row by row, ~8 s for
-    N = 5000, D_x ≈ 220 on one core; this is < 0.1 s.)
-    """
-    cov = lg.covariance()
-    chol = torch.linalg.cholesky(cov)
-    sol = torch.linalg.solve_triangular(chol, (x.double() - lg.b).T, upper=False)  # (Dx, N)
-    n, dx = x.shape
-    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
-    return float(-0.5 * (sol.pow(2).sum() + n * (logdet + dx * math.log(2 * math.pi))))
-
-
 def llh_gap(model, dataset, latent_dim: int, private: bool) -> float:
     """(ℓ_MLE − ℓ_model) / |ℓ_MLE| on the training data, with the PPCA MLE of ``latent_dim`` factors."""
     x = stack_modalities(dataset.full, model.names)
     learned = private_linear_model(model) if private else linear_decoder_model(model)
-    return relative_llh_gap(total_log_likelihood(ppca_mle(x, latent_dim), x), total_log_likelihood(learned, x))
+    return relative_llh_gap(
+        ppca_mle(x, latent_dim).log_likelihood(x).sum().item(), learned.log_likelihood(x).sum().item()
+    )
 
 
 @torch.no_grad()
@@ -557,6 +545,7 @@ def run_configuration(
     guide = build_guide(table, row, data.modalities, args.poe_mean)
     tic, cpu = time.perf_counter(), time.process_time()
     status, error = "finished", None
+    cpu_log = _TrainingCPU(run_dir / "train_cpu.json")
     try:
         res = fit(
             model,
@@ -574,8 +563,10 @@ def run_configuration(
             seed=seed,
             device=args.device,
             progress=not args.no_progress and args.workers == 1,
+            callbacks=[cpu_log],
         )
         final_loss = res.history[-1]["train_loss"] if res.history else None
+        train_wall = sum(row["seconds"] for row in res.history)  # every epoch, also those of earlier invocations
     except NonFiniteLossError as err:
         status, error, final_loss = "diverged", str(err)[:500], None
     except ValueError as err:
@@ -584,7 +575,8 @@ def run_configuration(
         # is recorded as a failure with its message, so nothing is hidden.
         status = "diverged" if "invalid values" in str(err) else "failed"
         error, final_loss = f"{type(err).__name__}: {str(err)[:500]}", None
-    train_seconds, train_cpu = time.perf_counter() - tic, time.process_time() - cpu
+    train_seconds = train_wall if status == "finished" else time.perf_counter() - tic
+    train_cpu = cpu_log.before + (time.process_time() - cpu)
     tic, cpu = time.perf_counter(), time.process_time()
     if status == "finished":
         ev = evaluate(table, row, model, guide, data, settings, args.mask_sampler, seed)
@@ -611,6 +603,26 @@ def run_configuration(
     os.replace(tmp, result_file)
     result["cached"] = False
     return result
+
+
+class _TrainingCPU:
+    """fit callback keeping the CPU seconds spent on a configuration's training across invocations.
+
+    ``before`` is what earlier (interrupted) invocations spent; after every epoch the running total is
+    written to ``path``, so a resumed run adds to it (epochs redone after a resume count twice: they
+    were computed twice).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.before = json.loads(path.read_text())["cpu_seconds"] if path.exists() else 0.0
+        self.start = time.process_time()
+
+    def __call__(self, row: dict) -> None:
+        total = self.before + time.process_time() - self.start
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"cpu_seconds": total, "epoch": row["epoch"]}))
+        os.replace(tmp, self.path)
 
 
 def _same_configuration(saved: dict | None, key: dict) -> bool:
@@ -650,9 +662,19 @@ def summarise(values: list[float | None]) -> dict:
     return {"mean": mean, "std": std, "n": len(finite), "failed": len(values) - len(finite), "values": values}
 
 
-def _better(a: float | None, b: float | None, higher: bool) -> bool | None:
-    """a at least as good as b; a missing (diverged) value loses against a finite one; None if both missing."""
-    if a is None and b is None:
+class _Pending:
+    """A value that does not exist yet (configuration not run): claims depending on it are undecided (None)."""
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING = _Pending()
+
+
+def _better(a, b, higher: bool) -> bool | None:
+    """a at least as good as b; a diverged value (None) loses against a finite one; None if undecidable."""
+    if a is PENDING or b is PENDING or (a is None and b is None):
         return None
     if a is None:
         return False
@@ -662,8 +684,9 @@ def _better(a: float | None, b: float | None, higher: bool) -> bool | None:
 
 
 def _mean(cell: dict | None, metric: str):
+    """The mean of a cell: a number, None (every seed diverged/failed) or PENDING (not run)."""
     if not cell or metric not in cell:
-        return None
+        return PENDING
     v = cell[metric]
     if isinstance(v, dict):
         return v.get("mean")
@@ -680,7 +703,11 @@ def check_claims(table: int, sections: dict) -> dict:
     llh = LLH_METRIC[table]
     higher = METRICS[table][llh][1]
     claims: dict = {}
-    for sec_name, rows in sections.items():
+    for sec_name, present in sections.items():
+        # every row of the layout takes part; rows without results are pending
+        layout = next((sec for sec in LAYOUT[table] if sec.name == sec_name), None)
+        labels = [r.label for r in layout.rows] if layout is not None else list(present)
+        rows = {label: present.get(label) or {} for label in labels}
         c: dict = {}
         # 1. masked >= mixture on log-likelihood, per row
         per_row = {
@@ -708,6 +735,9 @@ def check_claims(table: int, sections: dict) -> dict:
             c["gmm_mixture_best_llh"] = {}
             for obj in OBJECTIVES:
                 vals = {label: _mean(cells.get(obj), llh) for label, cells in rows.items()}
+                if any(v is PENDING for v in vals.values()):
+                    c["gmm_mixture_best_llh"][obj] = None
+                    continue
                 vals = {k: v for k, v in vals.items() if v is not None}
                 if not vals:
                     c["gmm_mixture_best_llh"][obj] = None
@@ -740,17 +770,26 @@ def check_claims(table: int, sections: dict) -> dict:
 
 
 def _all(values) -> bool | None:
-    vals = [v for v in values if v is not None]
-    return all(vals) if vals else None
+    """False if any claim fails, None if any is undecided, else True."""
+    values = list(values)
+    if any(v is False for v in values):
+        return False
+    if not values or any(v is None for v in values):
+        return None
+    return True
 
 
 def _worst(values, higher: bool):
+    if any(v is PENDING for v in values):
+        return PENDING
     if any(v is None for v in values):
         return None
     return min(values) if higher else max(values)
 
 
 def _best(values, higher: bool):
+    if any(v is PENDING for v in values):
+        return PENDING
     vals = [v for v in values if v is not None]
     if not vals:
         return None
@@ -894,13 +933,16 @@ def markdown(report: dict) -> str:
         f"- machine: {m['platform']}, {m['cpu_count']} CPU cores, torch {m['torch']} "
         f"({m['workers']} worker process(es) × {m['threads']} thread(s)), "
         f"pyro {m['pyro']}, device {m['device']}",
-        f"- date: {report['date']}; wall time of this invocation: {report['wall_seconds']:.0f} s; wall time from "
-        f"the first configuration's start to the last one's end (across resumed invocations): "
-        f"{_fmt_seconds(report['span_seconds'])}; summed train+eval time of all configurations: "
-        f"{report['compute_seconds']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU (one thread per configuration, "
-        f"so about {report['cpu_seconds'] / 2 / 60:.1f} min of wall time with 2 workers on 2 otherwise idle cores)",
-        f"- configurations: {report['num_configurations']} ({report['num_cached']} reused from earlier runs); "
-        f"mask sampler `{report['mask_sampler']}`, PoE mean `{report['poe_mean']}`, β = 1, STL, L = 1",
+        f"- date: {report['date']}",
+        f"- wall time from the first configuration's start to the last one's end: "
+        f"{_fmt_seconds(report['span_seconds'])} (this invocation: {report['wall_seconds']:.0f} s, "
+        f"{report['num_cached']} of {report['num_configurations']} configurations reused from earlier invocations)",
+        f"- CPU time of all configurations: {report['cpu_seconds']:.0f} s (one thread each; wall time summed over "
+        f"configurations: {report['compute_seconds']:.0f} s), i.e. about {report['cpu_seconds'] / 2 / 60:.1f} min "
+        f"with 2 workers on 2 otherwise idle cores; load average (1/5/15 min) when written: {m['load_average']} "
+        "(the machine is shared: wall times above include waiting for other processes)",
+        f"- configurations: {report['num_configurations']} ({report['num_done']} done); mask sampler "
+        f"`{report['mask_sampler']}`, PoE mean `{report['poe_mean']}`, β = 1, STL, L = 1",
         "",
         "## Settings",
         "",
@@ -1137,6 +1179,7 @@ def machine_info(device: str, threads: int, workers: int) -> dict:
         "threads": threads,
         "workers": workers,
         "device": str(resolve_device(device)),
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 
