@@ -2,7 +2,8 @@
 
 The target: N data points, each with |S| = 3 experts q_j(z | x_j) that are masked autoregressive
 flows (fixed random weights, conditioned on a random per-point context) pushed from a Gaussian whose
-location and scale are random per data point, and a standard Normal prior in D = 20 dimensions:
+location and scale are random per data point (scales log-uniform in [0.05, 5], as in the tests'
+Gaussian targets), and a standard Normal prior in D = 20 dimensions:
 p(z | x_S) ∝ p(z) Π_j q_j(z | x_j) / p(z)^{|S|-1}. Both samplers run 4 chains in this process:
 
 - BatchedHMC: one ``pyro.infer.MCMC`` run whose state is ``(C, N, D)``; per-target accept/reject,
@@ -43,8 +44,11 @@ from pyro_mmvae.infer.hmc import run_pyro_nuts, sample_subset_posterior
 from pyro_mmvae.infer.subset_posterior import SubsetPosterior
 
 
-def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed):
-    """``num_experts`` flow distributions with batch ``(n,)``, event ``(d,)``, and the flow modules."""
+def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed, kind="flow"):
+    """``num_experts`` expert distributions with batch ``(n,)``, event ``(d,)``, and the flow modules.
+
+    ``kind="gaussian"`` returns the flows' Gaussian bases alone (the same locations and scales).
+    """
     g = torch.Generator().manual_seed(seed)
     z_true = torch.randn(n, d, generator=g)
     experts, modules = [], []
@@ -53,11 +57,17 @@ def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed):
     except ImportError:  # pragma: no cover - the flows module is part of the package
         ConditionalFlow = None
     for j in range(num_experts):
-        loc = z_true + 0.5 * torch.randn(n, d, generator=g)
-        scale = torch.empty(n, d).uniform_(math.log(0.15), math.log(1.0), generator=g).exp()
+        # the tests' |S| = 3 target: scales log-uniform in [0.05, 5] (expert 0 in [0.05, 0.35], which
+        # keeps every product proper); each expert's mean is off the truth by about its own scale
+        high = 0.35 if j == 0 else 5.0
+        scale = torch.empty(n, d).uniform_(math.log(0.05), math.log(high), generator=g).exp()
+        loc = z_true + scale * torch.randn(n, d, generator=g)
         context = torch.randn(n, context_dim, generator=g)
         base = dist.Normal(loc.to(device, dtype), scale.to(device, dtype)).to_event(1)
         torch.manual_seed(seed + 100 + j)
+        if kind == "gaussian":
+            experts.append(base)
+            continue
         if ConditionalFlow is not None:
             flow = ConditionalFlow(
                 dim=d,
@@ -104,7 +114,7 @@ class CountingTarget:
 
 
 def summarize(name, run, calls, num_chains):
-    x = run.samples.double().numpy()
+    x = run.samples.numpy()
     t0 = time.perf_counter()
     diag = diagnose(x)
     diag_time = time.perf_counter() - t0
@@ -160,6 +170,9 @@ def main(argv=None):
     p.add_argument("--nuts-warmup", type=int, default=200)
     p.add_argument("--nuts-samples", type=int, default=200)
     p.add_argument("--flow-strength", type=float, default=0.3, help="scale of the flows' random last layers")
+    p.add_argument(
+        "--expert-kind", default="flow", choices=["flow", "gaussian"], help="gaussian: the flows' bases alone"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--threads", type=int, default=1)
@@ -178,7 +191,9 @@ def main(argv=None):
         device = torch.device("cpu")
     dtype = getattr(torch, args.dtype)
 
-    experts, _modules = flow_experts(args.n, args.d, args.experts, 8, args.flow_strength, device, dtype, args.seed)
+    experts, _modules = flow_experts(
+        args.n, args.d, args.experts, 8, args.flow_strength, device, dtype, args.seed, args.expert_kind
+    )
     prior = dist.Normal(torch.zeros(args.d, device=device, dtype=dtype), 1.0).to_event(1)
     target = SubsetPosterior(prior, experts)
     pyro.set_rng_seed(args.seed)
@@ -252,9 +267,14 @@ def main(argv=None):
     for r in results:
         lines.append("| " + " | ".join(f.format(r[c]) for c, f in cols) + " |")
     table = "\n".join(lines)
+    experts_desc = (
+        f"flow experts (MAF, 2 blocks, hidden 64x64, strength {args.flow_strength})"
+        if args.expert_kind == "flow"
+        else "Gaussian experts"
+    )
     header = (
-        f"N={args.n} D={args.d} |S|={args.experts} flow experts (MAF, 2 blocks, hidden 64x64, strength "
-        f"{args.flow_strength}), {args.chains} chains, device={device}, dtype={args.dtype}, threads={args.threads}"
+        f"N={args.n} D={args.d} |S|={args.experts} {experts_desc}, {args.chains} chains, "
+        f"device={device}, dtype={args.dtype}, threads={args.threads}"
     )
     print(header)
     print(table)

@@ -23,8 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import special
-from scipy.fft import next_fast_len
+from scipy import fft, special
 
 __all__ = [
     "diagnose",
@@ -56,12 +55,17 @@ def _as_numpy(x) -> np.ndarray:
 
 
 def _series(samples) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``(C, S, *shape)`` → float64 ``(M, C, S)`` with M = prod(shape), and ``shape``."""
+    """``(C, S, *shape)`` → ``(M, C, S)`` with M = prod(shape), and ``shape``.
+
+    float32 draws stay float32 for the rank-based steps (as in ArviZ, which ranks and folds in the
+    input's precision; it is also faster); autocovariances and R-hat sums are taken in float64.
+    """
     x = _as_numpy(samples)
     if x.ndim < 2:
         raise ValueError(f"draws must have shape (chain, draw, *shape), got {x.shape}")
     c, s, *shape = x.shape
-    x = np.moveaxis(x.reshape(c, s, -1).astype(np.float64, copy=False), -1, 0)
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
+    x = np.moveaxis(x.reshape(c, s, -1).astype(dtype, copy=False), -1, 0)
     return x, tuple(shape)
 
 
@@ -72,26 +76,28 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis of ``(M, n)``, ties sharing their average rank (scipy's "average")."""
+    """Ranks 1..n along the last axis of ``(M, n)``, ties sharing their average rank (scipy's "average").
+
+    Ties are common in MCMC draws (a rejected proposal repeats the previous draw). After one sort,
+    each run of equal values gets the mean of its first and last position; runs are found on the
+    flattened sorted array (every row starts a new run), which needs no per-row loop.
+    """
     m, n = x.shape
     order = np.argsort(x, axis=-1)
     xs = np.take_along_axis(x, order, axis=-1)
-    ranks = np.empty((m, n))
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(1.0, n + 1.0), (m, n)), axis=-1)
-    tie = xs[:, 1:] == xs[:, :-1]
-    rows = tie.any(-1).nonzero()[0]
-    if len(rows):  # ties (e.g. repeated draws of rejected proposals): average ranks within each run
-        pos = np.broadcast_to(np.arange(n), (len(rows), n))
-        new = np.ones((len(rows), n), dtype=bool)
-        new[:, 1:] = ~tie[rows]
-        end = np.ones_like(new)
-        end[:, :-1] = new[:, 1:]
-        first = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)
-        last = np.minimum.accumulate(np.where(end, pos, n - 1)[:, ::-1], axis=-1)[:, ::-1]
-        sub = np.empty((len(rows), n))
-        np.put_along_axis(sub, order[rows], (first + last) / 2.0 + 1.0, axis=-1)
-        ranks[rows] = sub
-    return ranks
+    new = np.empty((m, n), dtype=bool)
+    new[:, 0] = True
+    np.not_equal(xs[:, 1:], xs[:, :-1], out=new[:, 1:])
+    new = new.ravel()
+    starts = np.flatnonzero(new)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:] - 1
+    ends[-1] = m * n - 1
+    run_rank = (starts + ends) / 2.0 - (starts // n) * n + 1.0  # average 1-based rank within the row
+    sorted_ranks = run_rank[np.cumsum(new) - 1]
+    ranks = np.empty(m * n)
+    ranks[(order + (np.arange(m) * n)[:, None]).ravel()] = sorted_ranks
+    return ranks.reshape(m, n)
 
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
@@ -103,6 +109,7 @@ def _z_scale(x: np.ndarray) -> np.ndarray:
 
 def _rhat_core(x: np.ndarray) -> np.ndarray:
     """Classic R-hat of each series ``(M, C, S)`` → ``(M,)``."""
+    x = np.asarray(x, dtype=np.float64)
     s = x.shape[-1]
     between = s * np.var(x.mean(-1), axis=-1, ddof=1)
     within = np.mean(np.var(x, axis=-1, ddof=1), axis=-1)
@@ -112,14 +119,15 @@ def _rhat_core(x: np.ndarray) -> np.ndarray:
 def _autocov(x: np.ndarray) -> np.ndarray:
     """Biased autocovariance of each chain along the last axis (FFT)."""
     n = x.shape[-1]
-    m = next_fast_len(2 * n)
+    m = fft.next_fast_len(2 * n)
     x = x - x.mean(-1, keepdims=True)
-    f = np.fft.rfft(x, n=m, axis=-1)
-    return np.fft.irfft(f * np.conjugate(f), n=m, axis=-1)[..., :n] / n
+    f = fft.rfft(x, n=m, axis=-1)
+    return fft.irfft(f * np.conjugate(f), n=m, axis=-1)[..., :n] / n
 
 
 def _ess_core(x: np.ndarray) -> np.ndarray:
     """ESS of each series ``(M, C, S)`` → ``(M,)`` (Geyer's initial positive + monotone sequence)."""
+    x = np.asarray(x, dtype=np.float64)
     m, n_chain, n_draw = x.shape
     out = np.full(m, np.nan)
     finite = ~np.isnan(x).any(axis=(1, 2))
@@ -197,9 +205,9 @@ def _ess_sd(x):
 
 def _ess_tail(x):
     m = x.shape[0]
-    q = np.quantile(x.reshape(m, -1), [0.05, 0.95], axis=-1)  # type 7, as ArviZ
-    low = _ess_core(_split_chains((x <= q[0][:, None, None]).astype(np.float64)))
-    high = _ess_core(_split_chains((x <= q[1][:, None, None]).astype(np.float64)))
+    q = np.quantile(x.reshape(m, -1).astype(np.float64), [0.05, 0.95], axis=-1)  # type 7, as ArviZ
+    low = _ess_core(_split_chains(x <= q[0][:, None, None]))
+    high = _ess_core(_split_chains(x <= q[1][:, None, None]))
     return np.minimum(low, high)
 
 

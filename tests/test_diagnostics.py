@@ -31,14 +31,15 @@ def ar1_draws(chains, draws, width, phi, seed=0):
     return x
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     "chains,draws,phi",
     [(4, 200, 0.5), (4, 101, 0.95), (2, 50, -0.6), (3, 7, 0.2), (1, 120, 0.7)],
     ids=["C4S200", "C4S101_slow", "C2S50_antithetic", "C3S7_short", "C1"],
 )
-def test_rhat_and_ess_agree_with_arviz(chains, draws, phi):
+def test_rhat_and_ess_agree_with_arviz(chains, draws, phi, dtype):
     az = import_arviz()
-    x = ar1_draws(chains, draws, 4, phi, seed=draws)
+    x = ar1_draws(chains, draws, 4, phi, seed=draws).astype(dtype)
     mine = {"rhat": rhat(x), **{m: ess(x, m) for m in ("bulk", "tail", "mean", "sd")}}
     combined = diagnose(x)
     for j in range(x.shape[-1]):
