@@ -178,6 +178,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-nuts", action="store_true")
+    p.add_argument("--pool-metric", action="store_true", help="BatchedHMC: pool each window's metric over the chains")
     p.add_argument("--arviz-targets", type=int, default=20, help="targets timed with ArviZ's own diagnostics")
     p.add_argument("--quick", action="store_true", help="N=200, 200+200 BatchedHMC, 60+60 NUTS (~2 minutes)")
     p.add_argument("--progress", action="store_true")
@@ -211,8 +212,11 @@ def main(argv=None):
         progress=args.progress,
         initial_params=init,
         inverse_mass_matrix=metric,
+        pool_metric_dim=0 if args.pool_metric else None,
     )
-    res, x_hmc = summarize("BatchedHMC", run, counted.calls, args.chains)
+    res, x_hmc = summarize(
+        "BatchedHMC" + (" (pooled metric)" if args.pool_metric else ""), run, counted.calls, args.chains
+    )
     res["warmup"], res["samples"] = args.warmup, args.samples
     res["ms_per_iteration"] = 1e3 * run.wall_time / (args.warmup + args.samples)
     res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / args.samples

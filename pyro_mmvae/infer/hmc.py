@@ -11,7 +11,8 @@ points) and the potential returns ``(*B,)``. Per target the kernel has
   0.8 by default) and re-initialised by the doubling/halving heuristic after every metric update;
 - its own diagonal inverse mass matrix, estimated from the draws in Stan-style windows (fast init
   buffer 75, slow windows 25, 50, 100, ... doubling, terminal buffer 50; the variance is shrunk
-  towards 1e-3 as in Stan);
+  towards 1e-3 as in Stan; short warmups keep a longer terminal buffer, see
+  :func:`adaptation_windows`);
 - its own trajectory length, learned from U-turns during warmup (in the spirit of eHMC, Wu, Stoehr &
   Robert 2018): every few warmup iterations each trajectory is followed until it makes a U-turn
   (first ℓ with (z_ℓ − z_0) · p_ℓ < 0: the distance from the start, in the mass-matrix metric, stops
@@ -74,15 +75,18 @@ def adaptation_windows(
 ) -> list[tuple[int, int]]:
     """Stan's slow mass-matrix windows ``[(start, end), ...]`` (iteration indices, end exclusive).
 
-    Fewer than 20 warmup steps: no window (step size only). When the three defaults do not fit,
-    the buffers become 15 % / 10 % of the warmup and one window fills the rest. A window is
-    stretched to the terminal buffer when the next (doubled) one would not fit.
+    Fewer than 20 warmup steps: no window (step size only). A window is stretched to the terminal
+    buffer when the next (doubled) one would not fit. When the three defaults do not fit, the init
+    buffer becomes 15 % of the warmup, one window fills the middle, and the terminal buffer keeps
+    a third of the warmup (at most ``term_buffer``; Stan keeps 10 %): after the last metric update
+    the step size's dual averaging restarts, and with Stan's 6 iterations at 60 warmup steps some
+    targets end warmup with a step size ~4x too large (acceptance ~0).
     """
     w = int(warmup_steps)
     if w < 20:
         return []
     if init_buffer + base_window + term_buffer > w:
-        init_buffer, term_buffer = int(0.15 * w), int(0.1 * w)
+        init_buffer, term_buffer = int(0.15 * w), max(int(0.1 * w), min(term_buffer, w // 3))
         base_window = w - init_buffer - term_buffer
     last = w - term_buffer
     windows, start, size = [], init_buffer, base_window
@@ -155,6 +159,9 @@ class BatchedHMC(MCMCKernel):
         warmup_loop_quantile: during warmup the loop length is this quantile (not the max) over
             targets of their needed steps; the few targets above it get shorter warmup trajectories.
             After warmup the loop always covers every target.
+        pool_metric_dim: optionally a batch dimension of the state (0 for the chains of ``(C, N, D)``)
+            over which each window's variance estimate is pooled, so that the chains of one data
+            point share their metric; ``None`` (default): every target has its own.
         log_every: iterations between refreshes of the figures returned by :meth:`logging`.
         initial_params: ``{param_name: z0}``, ``z0`` of shape ``(*B, D)``.
     """
@@ -183,6 +190,7 @@ class BatchedHMC(MCMCKernel):
         refresh_interval: int = 10,
         uturn_every: int = 3,
         warmup_loop_quantile: float = 0.85,
+        pool_metric_dim: int | None = None,
         log_every: int = 25,
         initial_params: dict | None = None,
     ):
@@ -214,6 +222,7 @@ class BatchedHMC(MCMCKernel):
         self.refresh_interval, self.log_every = max(1, int(refresh_interval)), max(1, int(log_every))
         self.uturn_every = max(1, int(uturn_every))
         self.warmup_loop_quantile = float(warmup_loop_quantile)
+        self.pool_metric_dim = pool_metric_dim
         # the MCMCKernel contract: no Pyro model, the state already lives in unconstrained space
         self.model = None
         self.transforms = {}
@@ -507,7 +516,15 @@ class BatchedHMC(MCMCKernel):
     def _update_mass(self) -> None:
         n = self._w_n
         var = self._w_m2 / max(n - 1, 1)
-        var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+        if self.pool_metric_dim is not None:
+            # one estimate from the draws of all chains of a target (warmup only: after warmup the
+            # chains stay independent), robust to one chain that mixed slowly during the window
+            k = self.pool_metric_dim
+            c = self._w_mean.shape[k]
+            spread = (self._w_mean - self._w_mean.mean(k, keepdim=True)).pow(2).sum(k, keepdim=True)
+            var = ((self._w_m2.sum(k, keepdim=True) + n * spread) / max(c * n - 1, 1)).expand_as(var)
+            n = c * n
+        var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))  # Stan's regularisation
         ratio = (self._inv_mass / var).sqrt()
         # rescale the time and step scales to the new metric: both are set by how far the metric
         # moved (largest posterior scale for T, smallest for ε), then refined by measurements.
