@@ -1,13 +1,17 @@
-"""Inference: ELBOs, trace utilities, the trainer, schedules and checkpoints."""
+"""Inference: ELBOs, trace utilities, the trainer, schedules and checkpoints, subset posteriors and
+the batched HMC kernel that samples them, conditional generation."""
 
 from .checkpoint import CheckpointError, CheckpointMismatchError
+from .conditional import ConditionalSamples, conditional_generate
 from .elbo import BetaELBO
 from .fit import FitResult, NonFiniteLossError, fit, load_stage
+from .hmc import BatchedHMC, HMCRun, run_pyro_nuts, sample_subset_posterior
 from .jnf import JNFLoss
 from .masked import TCELBO, MaskedELBO, MixtureELBO
 from .masks import MaskSampler, make_mask_sampler
 from .schedules import Constant, CosineLR, LinearAnnealing, Schedule, StepLR
 from .shared_info import canonical_correlations, dcca_loss, info_nce_loss, pairwise_loss, train_projectors
+from .subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, SubsetPosterior, improper_points
 
 __all__ = [
     "BetaELBO",
@@ -33,4 +37,14 @@ __all__ = [
     "StepLR",
     "CheckpointError",
     "CheckpointMismatchError",
+    "SubsetPosterior",
+    "ImproperPosteriorError",
+    "ImproperPosteriorWarning",
+    "improper_points",
+    "BatchedHMC",
+    "HMCRun",
+    "sample_subset_posterior",
+    "run_pyro_nuts",
+    "conditional_generate",
+    "ConditionalSamples",
 ]

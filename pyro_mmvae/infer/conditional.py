@@ -58,8 +58,14 @@ def sample_latents(
     num_chains: int = 4,
     seed: int | None = None,
     progress: bool = False,
+    improper: str = "raise",
 ) -> tuple[torch.Tensor, str, dict]:
-    """Draw ``(num_samples, B, D)`` latents given the modalities ``given``; see the module docstring."""
+    """Draw ``(num_samples, B, D)`` latents given the modalities ``given``; see the module docstring.
+
+    ``improper`` is passed to :func:`~pyro_mmvae.infer.hmc.sample_subset_posterior`: with ``"warn"``
+    the rows whose subset posterior is improper get meaningless latents, listed in
+    ``diagnostics["run"].escaped_points`` and by an ``ImproperPosteriorWarning``.
+    """
     given = _given_names(given, names)
     if method not in ("auto", "mcmc"):
         raise ValueError(f"method must be 'auto' or 'mcmc', got {method!r}")
@@ -81,7 +87,13 @@ def sample_latents(
         chains = max(1, min(num_chains, num_samples))
         per_chain = -(-num_samples // chains)
         run = sample_subset_posterior(
-            target, num_samples=per_chain, warmup_steps=mcmc_warmup, num_chains=chains, seed=seed, progress=progress
+            target,
+            num_samples=per_chain,
+            warmup_steps=mcmc_warmup,
+            num_chains=chains,
+            seed=seed,
+            progress=progress,
+            improper=improper,
         )
     z = run.samples.reshape(-1, *run.samples.shape[2:])[:num_samples]  # (C·S, N, D) → (num_samples, N, D)
     return z.detach(), "mcmc", {"run": run}

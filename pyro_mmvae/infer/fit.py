@@ -751,12 +751,24 @@ def _train_epoch(
     for batch in batches:
         batch = batch.to(dev)
         optimizer.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(model, guide, batch, **loss_kwargs)
+        where = f"at epoch {epoch + 1}, step {step - first_step + 1} of that epoch (global step {step + 1}); {context}"
+        try:
+            loss = elbo.differentiable_loss(model, guide, batch, **loss_kwargs)
+        except ValueError as err:
+            # with validation on, a NaN produced by the networks surfaces as a distribution's
+            # ValueError ("found invalid values") before any loss exists: report it as what it is
+            msg = str(err)
+            non_finite = "nan" in msg or "inf" in msg or not all(bool(torch.isfinite(p).all()) for p in params)
+            if "invalid values" in msg and non_finite:
+                raise NonFiniteLossError(
+                    f"a distribution rejected NaN/inf arguments computed from the trained parameters {where}. "
+                    "Try a smaller lr, grad_clip, or check the data"
+                ) from err
+            raise
         value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
         if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"training loss is {value} at epoch {epoch + 1}, step {step - first_step + 1} of that epoch "
-                f"(global step {step + 1}); {context}. Try a smaller lr, grad_clip, or check the data"
+                f"training loss is {value} {where}. Try a smaller lr, grad_clip, or check the data"
             )
         if not loss.requires_grad:
             raise RuntimeError("the loss does not depend on any trained parameter (check params)")

@@ -27,7 +27,13 @@ points) and the potential returns ``(*B,)``. Per target the kernel has
   tail): c, j = 0.4, 0.3: 391 / 145 / 250; 0.45, 0.5: 378 / 96 / 219; 0.5, 1 (uniform to the
   U-turn): 290 / 47 / 104; on Gaussian targets (N = 50, D = 20): 469 / 202 / 339 vs 408 / 87 / 196;
 - divergence detection: a trajectory whose energy error exceeds ``max_energy_error`` (1000) or
-  becomes non-finite is stopped and its proposal rejected.
+  becomes non-finite is stopped and its proposal rejected;
+- escape detection: a target whose chain moves farther than ``escape_radius`` initial standard
+  deviations (the square root of the initial inverse mass matrix) from its starting point in some
+  coordinate is frozen there and flagged (``escaped``). That is what an improper target — a product of
+  experts that does not fall off faster than p(z)^{|S|−1} grows — does: its chain runs off to
+  infinity with a collapsing step size. Frozen targets no longer take part in the loop length or the
+  adaptation, so they cannot make every other target run ``max_num_steps`` leapfrog steps.
 
 All targets advance in lockstep: after warmup one iteration runs ``max_b ceil((1 + j) c T_u,b / ε_b)``
 leapfrog steps for all of them and freezes each target (``torch.where``) once its own number of
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -162,6 +169,8 @@ class BatchedHMC(MCMCKernel):
         pool_metric_dim: optionally a batch dimension of the state (0 for the chains of ``(C, N, D)``)
             over which each window's variance estimate is pooled, so that the chains of one data
             point share their metric; ``None`` (default): every target has its own.
+        escape_radius: a chain farther than this many initial standard deviations from its start in
+            some coordinate is frozen and flagged as escaped (``None``: never).
         log_every: iterations between refreshes of the figures returned by :meth:`logging`.
         initial_params: ``{param_name: z0}``, ``z0`` of shape ``(*B, D)``.
     """
@@ -191,6 +200,7 @@ class BatchedHMC(MCMCKernel):
         uturn_every: int = 3,
         warmup_loop_quantile: float = 0.85,
         pool_metric_dim: int | None = None,
+        escape_radius: float | None = 1000.0,
         log_every: int = 25,
         initial_params: dict | None = None,
     ):
@@ -206,6 +216,8 @@ class BatchedHMC(MCMCKernel):
             raise ValueError("step_size and trajectory_scale must be positive")
         if not 0 < jitter <= 1:
             raise ValueError(f"jitter must be in (0, 1], got {jitter}")
+        if escape_radius is not None and not escape_radius > 0:
+            raise ValueError(f"escape_radius must be positive or None, got {escape_radius}")
         self.target = target
         self._potential = potential_fn if potential_fn is not None else (lambda z: -target.log_prob(z))
         self.num_chains = int(num_chains)
@@ -223,6 +235,7 @@ class BatchedHMC(MCMCKernel):
         self.uturn_every = max(1, int(uturn_every))
         self.warmup_loop_quantile = float(warmup_loop_quantile)
         self.pool_metric_dim = pool_metric_dim
+        self.escape_radius = None if escape_radius is None else float(escape_radius)
         # the MCMCKernel contract: no Pyro model, the state already lives in unconstrained space
         self.model = None
         self.transforms = {}
@@ -273,14 +286,21 @@ class BatchedHMC(MCMCKernel):
     def diagnostics(self) -> dict:
         """``divergences``: post-warmup draw indices where some target diverged (what ``az.from_pyro``
         reads); ``acceptance rate``: the mean acceptance probability; ``divergent transitions``: their count
-        over all targets."""
+        over all targets; ``escaped targets``: how many targets were frozen after escaping."""
+        escaped = 0 if self._z is None else int(self._escaped.sum())
         if not self._stats["diverging"]:
-            return {"divergences": [], "acceptance rate": float("nan"), "divergent transitions": 0}
+            return {
+                "divergences": [],
+                "acceptance rate": float("nan"),
+                "divergent transitions": 0,
+                "escaped targets": escaped,
+            }
         div = torch.stack(self._stats["diverging"]).flatten(1)
         return {
             "divergences": div.any(1).nonzero().flatten().tolist(),
             "acceptance rate": float(torch.stack(self._stats["accept_prob"]).mean()),
             "divergent transitions": int(div.sum()),
+            "escaped targets": escaped,
         }
 
     # ------------------------------------------------------------------ public state
@@ -300,15 +320,21 @@ class BatchedHMC(MCMCKernel):
         return self.trajectory_scale * self._traj_time
 
     @property
+    def escaped(self) -> torch.Tensor:
+        """Bool ``(*B,)``: targets frozen because their chain ran beyond ``escape_radius`` (see the module doc)."""
+        return self._escaped
+
+    @property
     def num_loop_steps(self) -> int:
         """Leapfrog steps run per iteration for all targets (the longest target's maximum)."""
         return self._loop
 
     def sample_stats(self) -> dict[str, torch.Tensor]:
         """Post-warmup statistics: ``accept_prob``, ``diverging``, ``num_steps`` of shape ``(S, *B)``;
-        ``step_size``, ``trajectory_length`` ``(*B,)``; ``inverse_mass_matrix`` ``(*B, D)``."""
+        ``step_size``, ``trajectory_length``, ``escaped`` ``(*B,)``; ``inverse_mass_matrix`` ``(*B, D)``."""
         out = {k: torch.stack(v) if v else torch.empty(0) for k, v in self._stats.items()}
         out.update(
+            escaped=self.escaped,
             step_size=self.step_size,
             trajectory_length=self.trajectory_length,
             inverse_mass_matrix=self.inverse_mass_matrix,
@@ -346,6 +372,8 @@ class BatchedHMC(MCMCKernel):
                 raise ValueError("inverse_mass_matrix must be positive")
             self._inv_mass = m.expand(z.shape).clone()
         self._set_position(z)
+        self._origin, self._escape_scale = self._z, self._inv_mass.sqrt()
+        self._escaped = torch.zeros(z.shape[:-1], dtype=torch.bool, device=z.device)
         if self._u.shape != z.shape[:-1]:
             raise ValueError(
                 f"the potential must return one value per target, shape {tuple(z.shape[:-1])}, "
@@ -428,13 +456,14 @@ class BatchedHMC(MCMCKernel):
         e = eps.unsqueeze(-1)
         z, p, u, g, h = z0, p0, u0, g0, h0
         diverged = torch.zeros_like(u0, dtype=torch.bool)
+        frozen = self._escaped
         if explore:
             prop = (z0, u0, g0, h0, diverged)
             turned = torch.zeros_like(diverged)
             uturn_time = torch.zeros_like(u0)
         loop = self._explore_loop if explore else self._loop
         for step in range(1, loop + 1):
-            active = ~diverged if explore else (~diverged & (step <= n))
+            active = ~diverged & ~frozen if explore else (~diverged & ~frozen & (step <= n))
             p_half = p - 0.5 * e * g
             z_new = z + e * inv_mass * p_half
             u_new, g_new = self._potential_and_grad(z_new)
@@ -462,11 +491,14 @@ class BatchedHMC(MCMCKernel):
         if not explore:
             prop = (z, u, g, h, diverged)
         z1, u1, g1, h1, div = prop
-        accept_prob = torch.where(div, 0.0, torch.exp((h0 - h1).clamp(max=0.0)))
+        accept_prob = torch.where(div | frozen, 0.0, torch.exp((h0 - h1).clamp(max=0.0)))
         accept_prob = torch.nan_to_num(accept_prob, nan=0.0)
         accept = torch.rand_like(accept_prob) < accept_prob
         a = accept.unsqueeze(-1)
         self._z, self._u, self._g = torch.where(a, z1, z0), torch.where(accept, u1, u0), torch.where(a, g1, g0)
+        if self.escape_radius is not None:
+            far = ((self._z - self._origin).abs() > self.escape_radius * self._escape_scale).any(-1)
+            self._escaped = self._escaped | far
         uturn = None
         if explore:
             # a trajectory that never turned within the loop gives a lower bound (censored): the loop
@@ -493,7 +525,13 @@ class BatchedHMC(MCMCKernel):
         self._traj_time = torch.where(update, mean + sd, self._traj_time)
         keep = (~update).to(n.dtype)
         self._uturn_sum, self._uturn_sq, self._uturn_count = self._uturn_sum * keep, self._uturn_sq * keep, n * keep
-        plain = (1 + self.jitter) * self.trajectory_scale * (self._traj_time / eps).flatten()
+        # escaped (frozen) targets take no steps: they must not set everyone's loop (this refresh reads
+        # the host anyway, so the live targets are selected by boolean indexing)
+        live = ~self._escaped.flatten()
+        plain = (1 + self.jitter) * self.trajectory_scale * (self._traj_time / eps).flatten()[live]
+        explore = (1.5 * self._traj_time / self._explore_eps()).flatten()[live]
+        if plain.numel() == 0:  # every target escaped: nothing left to integrate
+            plain = explore = torch.ones(1, dtype=eps.dtype, device=eps.device)
         if final or self.warmup_loop_quantile >= 1:
             plain = plain.max()
         else:
@@ -503,7 +541,7 @@ class BatchedHMC(MCMCKernel):
             plain = torch.quantile(plain, self.warmup_loop_quantile)
         # exploring iterations integrate with the averaged step size, which has no such outliers,
         # and cover EVERY target: a censored U-turn would bias the hardest targets' T_u low.
-        explore = (1.5 * self._traj_time / self._explore_eps()).max()
+        explore = explore.max()
         plain, explore = torch.stack([plain, explore]).ceil().clamp(1, self.max_num_steps).tolist()
         self._loop, self._explore_loop = int(plain), max(int(plain), int(explore))
 
@@ -545,7 +583,7 @@ class BatchedHMC(MCMCKernel):
     def _adapt(self, accept_prob: torch.Tensor, uturn) -> None:
         t = self._t  # index of the warmup iteration just done
         if self.adapt_step_size and uturn is None:  # exploring iterations do not use the iterate ε
-            self._log_eps = self._da.step(accept_prob)
+            self._log_eps = torch.where(self._escaped, self._log_eps, self._da.step(accept_prob))
         if uturn is not None:
             time_, valid = uturn
             self._uturn_sum = self._uturn_sum + torch.where(valid, time_, 0.0)
@@ -599,6 +637,7 @@ class BatchedHMC(MCMCKernel):
             "acc. prob": f"{float(self._log_acc.mean()) / max(self._log_n, 1):.3f}",
             "steps": self._loop,
             "divergences": int(self._num_divergent_draws.sum()),
+            "escaped": int(self._escaped.sum()),
         }
         self._log_acc, self._log_n = torch.zeros_like(self._log_acc), 0
 
@@ -609,7 +648,8 @@ class HMCRun:
     """Draws and per-target statistics of an MCMC run over N targets with C chains.
 
     ``samples`` ``(C, S, N, D)``; ``accept_prob``, ``diverging``, ``num_steps`` ``(C, S, N)`` (``None``
-    for samplers that do not report them per target); ``step_size`` ``(C, N)`` or ``(C,)``;
+    for samplers that do not report them per target); ``escaped`` ``(C, N)``: chains frozen after
+    running away (their draws are meaningless); ``step_size`` ``(C, N)`` or ``(C,)``;
     ``wall_time`` in seconds (warmup + sampling) and ``sampling_time`` (after warmup);
     ``num_grad_evals`` gradient evaluations of the whole batch.
     """
@@ -621,10 +661,16 @@ class HMCRun:
     step_size: torch.Tensor | None = None
     inverse_mass_matrix: torch.Tensor | None = None
     trajectory_length: torch.Tensor | None = None
+    escaped: torch.Tensor | None = None
     wall_time: float = float("nan")
     sampling_time: float = float("nan")
     num_grad_evals: int = 0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def escaped_points(self) -> list[int]:
+        """Data points (indices along N) where some chain escaped."""
+        return [] if self.escaped is None else self.escaped.any(0).nonzero().flatten().tolist()
 
     @property
     def divergences(self) -> torch.Tensor | None:
@@ -673,6 +719,7 @@ def sample_subset_posterior(
     seed: int | None = None,
     progress: bool = True,
     initial_params: torch.Tensor | None = None,
+    improper: str = "raise",
     **kernel_kwargs,
 ) -> HMCRun:
     """Sample every target of ``target`` (e.g. a :class:`SubsetPosterior`) with :class:`BatchedHMC`.
@@ -684,19 +731,36 @@ def sample_subset_posterior(
         target: ``log_prob(z (C, N, D)) -> (C, N)`` and ``initial_points(C) -> (C, N, D)``.
         seed: seeds Pyro/torch/numpy's global RNGs (``pyro.set_rng_seed``) when given.
         initial_params: optional starting points ``(C, N, D)``.
+        improper: what to do, before sampling, with data points whose target is improper — exactly
+            (Gaussian experts: :meth:`SubsetPosterior.closed_form`) or by the tail probe
+            (:meth:`SubsetPosterior.rising_tails`): ``"raise"`` (default) an
+            :class:`ImproperPosteriorError` naming them, ``"warn"`` an :class:`ImproperPosteriorWarning`
+            and sample anyway (their chains are frozen once they escape, see ``HMCRun.escaped``),
+            ``"ignore"`` no check.
         kernel_kwargs: passed to :class:`BatchedHMC`; ``inverse_mass_matrix`` defaults to
             ``target.approximate_variance()`` when the target has it.
 
     Returns:
-        :class:`HMCRun` with ``samples`` ``(C, S, N, D)`` and per-target statistics.
+        :class:`HMCRun` with ``samples`` ``(C, S, N, D)`` and per-target statistics. Chains that
+        escaped during the run (``HMCRun.escaped``) are reported with an ``ImproperPosteriorWarning``
+        unless ``improper="ignore"``.
 
     Raises:
-        ImproperPosteriorError: the target is Gaussian and improper for some data points.
+        ImproperPosteriorError: ``improper="raise"`` and the target is improper for some data points.
     """
+    from .subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, improper_points
+
+    if improper not in ("raise", "warn", "ignore"):
+        raise ValueError(f"improper must be 'raise', 'warn' or 'ignore', got {improper!r}")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    if getattr(target, "is_gaussian", False):
-        target.closed_form()  # raises ImproperPosteriorError rather than sampling drifting chains
+    if improper != "ignore":
+        bad, how = improper_points(target)
+        if bad:
+            msg = f"the subset posterior is improper ({how}) for data points {_list_points(bad)}"
+            if improper == "raise":
+                raise ImproperPosteriorError(msg + "; pass improper='warn' to sample the others anyway")
+            warnings.warn(msg + "; their chains will run away and be frozen", ImproperPosteriorWarning, stacklevel=2)
     if initial_params is None:
         initial_params = target.initial_points(num_chains)
     if "inverse_mass_matrix" not in kernel_kwargs and hasattr(target, "approximate_variance"):
@@ -717,6 +781,15 @@ def sample_subset_posterior(
     wall = time.perf_counter() - start
     draws = mcmc.get_samples(group_by_chain=True)[kernel.param_name][0]  # (S, C, N, D)
     stats = kernel.sample_stats()
+    escaped = stats["escaped"].cpu()
+    if improper != "ignore" and bool(escaped.any()):
+        points = escaped.reshape(-1, escaped.shape[-1]).any(0).nonzero().flatten().tolist()
+        warnings.warn(
+            f"chains escaped beyond {kernel.escape_radius:g} initial standard deviations (an improper target) "
+            f"and were frozen at data points {_list_points(points)}; their draws are meaningless",
+            ImproperPosteriorWarning,
+            stacklevel=2,
+        )
     return HMCRun(
         samples=_chain_first(draws),
         accept_prob=_chain_first(stats["accept_prob"]),
@@ -725,11 +798,17 @@ def sample_subset_posterior(
         step_size=stats["step_size"].cpu(),
         inverse_mass_matrix=stats["inverse_mass_matrix"].cpu(),
         trajectory_length=stats["trajectory_length"].cpu(),
+        escaped=escaped,
         wall_time=wall,
         sampling_time=clock.sampling_time,
         num_grad_evals=kernel.num_grad_evals,
         extra={"num_loop_steps": kernel.num_loop_steps, "diagnostics": kernel.diagnostics()},
     )
+
+
+def _list_points(points: list[int], shown: int = 20) -> str:
+    more = f" and {len(points) - shown} more" if len(points) > shown else ""
+    return ", ".join(map(str, points[:shown])) + more
 
 
 def _joint_potential(params, target, name):

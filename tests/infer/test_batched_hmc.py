@@ -13,9 +13,9 @@ from scipy import stats
 from torch.overrides import TorchFunctionMode
 
 from pyro_mmvae.diagnostics import ess, import_arviz, rhat
-from pyro_mmvae.infer.hmc import BatchedHMC, adaptation_windows, run_pyro_nuts, sample_subset_posterior
-from pyro_mmvae.infer.subset_posterior import SubsetPosterior
-from tests.infer.test_subset_posterior import random_gaussian_target
+from pyro_mmvae.infer.hmc import BatchedHMC, HMCRun, adaptation_windows, run_pyro_nuts, sample_subset_posterior
+from pyro_mmvae.infer.subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, SubsetPosterior
+from tests.infer.test_subset_posterior import mixed_properness_experts, random_gaussian_target
 
 
 def z_bound(num_comparisons: int, alpha: float = 1e-3) -> float:
@@ -188,6 +188,39 @@ def test_float64():
     run = sample_subset_posterior(target, 800, 300, num_chains=4, seed=5, progress=False)
     assert run.samples.dtype == torch.float64 and run.step_size.dtype == torch.float64
     check_against_closed_form(run, target)
+
+
+def test_improper_targets_raise_or_escape_without_stalling_the_others():
+    """Improper points: an error naming them by default; with improper='warn' their chains escape, are
+    frozen and flagged, and the proper points are still sampled correctly with short trajectories."""
+    locs, scales, improper = mixed_properness_experts(n=8, d=3, seed=1)
+    prior = (torch.zeros(3), torch.ones(3))
+    target = SubsetPosterior.from_gaussians(*prior, locs, scales)
+    with pytest.raises(ImproperPosteriorError, match="data points 1, 4, 5"):
+        sample_subset_posterior(target, 10, 10, progress=False)
+    with pytest.warns(ImproperPosteriorWarning) as record:
+        run = sample_subset_posterior(target, 600, 300, num_chains=4, seed=3, progress=False, improper="warn")
+    assert "data points 1, 4, 5" in str(record[0].message)  # before sampling
+    assert any("escaped" in str(w.message) for w in record)  # after sampling
+    assert run.escaped_points == improper
+    assert bool(run.escaped[:, improper].all())  # every chain of an improper point
+    assert run.extra["diagnostics"]["escaped targets"] == 4 * len(improper)
+    assert run.extra["num_loop_steps"] < 32  # an escaping target would otherwise drive the loop to 256
+    proper = [i for i in range(8) if i not in improper]
+    check_against_closed_form(
+        HMCRun(samples=run.samples[:, :, proper]),
+        SubsetPosterior.from_gaussians(*prior, locs[:, proper], scales[:, proper]),
+    )
+
+
+def test_escape_radius_validation_and_off_switch():
+    target = random_gaussian_target(2, n=2, d=2)
+    with pytest.raises(ValueError, match="escape_radius"):
+        BatchedHMC(target, escape_radius=0.0)
+    kernel = BatchedHMC(target, escape_radius=None, num_chains=2)
+    mcmc = pyro.infer.MCMC(kernel, num_samples=5, warmup_steps=5, disable_progbar=True)
+    mcmc.run()
+    assert not bool(kernel.escaped.any())
 
 
 def _coupling_expert(loc, scale, seed, strength=1.0):

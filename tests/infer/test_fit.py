@@ -486,6 +486,29 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
+class NaNParameterAtStep(BetaELBO):
+    """Sets a guide parameter to NaN before the given call: the guide's Normal then rejects its loc."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.calls = step, 0
+
+    def differentiable_loss(self, model, guide, batch, beta=1.0, subset=None):
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.step:
+                with torch.no_grad():
+                    next(guide.parameters()).fill_(float("nan"))
+        return super().differentiable_loss(model, guide, batch, beta, subset)
+
+
+def test_nan_parameter_caught_by_validation_is_a_non_finite_loss(tmp_path):
+    model, guide = linear_pair()
+    with pytest.raises(NonFiniteLossError, match=r"rejected NaN/inf arguments .* at epoch 2, step 2 of that epoch"):
+        fit(model, guide, linear_data(), elbo=NaNParameterAtStep(6), epochs=3, run_dir=tmp_path, **COMMON)
+    assert load_checkpoint(tmp_path / "main" / "checkpoint.pt")["epoch"] == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

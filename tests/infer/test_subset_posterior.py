@@ -3,12 +3,13 @@
 import math
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import pytest
 import torch
 
 from guides.unimodal import UnimodalGaussianGuide
 from pyro_mmvae.distributions.priors import StandardNormalPrior
-from pyro_mmvae.infer.subset_posterior import ImproperPosteriorError, SubsetPosterior
+from pyro_mmvae.infer.subset_posterior import ImproperPosteriorError, SubsetPosterior, improper_points
 from tests.common import small_batch, small_modalities
 
 
@@ -121,6 +122,45 @@ def test_improper_posterior_raises_naming_points():
     # initialisation and the mass-matrix guess still work (fall back to the experts)
     assert torch.isfinite(target.initial_point()).all()
     assert (target.approximate_variance() > 0).all()
+
+
+def mixed_properness_experts(n=8, d=3, seed=0):
+    """Gaussian experts ``(3, n, d)`` under a N(0, I) prior, improper exactly at the returned points."""
+    g = torch.Generator().manual_seed(seed)
+    locs = torch.randn(3, n, d, generator=g)
+    scales = 0.3 + 0.4 * torch.rand(3, n, d, generator=g)
+    improper = [1, 4, 5]
+    for k, i in enumerate(improper):
+        scales[:, i, k % d] = 2.0  # precision 3 / 4 − 2 < 0 in one dimension
+    return locs, scales, improper
+
+
+def test_improper_points_exact_for_gaussians():
+    locs, scales, improper = mixed_properness_experts()
+    target = SubsetPosterior.from_gaussians(torch.zeros(3), torch.ones(3), locs, scales)
+    assert target.improper_points() == improper
+    assert improper_points(target)[0] == improper
+    # the proper points alone
+    proper = SubsetPosterior.from_gaussians(torch.zeros(3), torch.ones(3), locs[:, [0, 2, 3]], scales[:, [0, 2, 3]])
+    assert improper_points(proper)[0] == []
+
+
+def test_tail_probe_finds_the_improper_points_of_non_gaussian_experts():
+    """Experts the target cannot recognise as Gaussians (wrapped in an identity transform) go through the
+    tail probe, which must flag exactly the points the closed form calls improper."""
+    locs, scales, improper = mixed_properness_experts()
+    wrapped = [
+        dist.TransformedDistribution(dist.Normal(m, s).to_event(1), [T.AffineTransform(0.0, 1.0, event_dim=1)])
+        for m, s in zip(locs, scales)
+    ]
+    target = SubsetPosterior(dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1), wrapped)
+    assert not target.is_gaussian
+    torch.manual_seed(0)
+    assert target.rising_tails().nonzero().flatten().tolist() == improper
+    bad, how = improper_points(target)
+    assert bad == improper and "tail" in how
+    with pytest.raises(ValueError, match="radii"):
+        target.rising_tails(radii=())
 
 
 def test_closed_form_needs_gaussians():
