@@ -356,18 +356,18 @@ class SubsetPosterior:
     def rising_tails(
         self, radii: Sequence[float] = (10.0, 100.0), num_directions: int = 64, num_bulk: int = 4
     ) -> torch.Tensor:
-        """Bool ``(N,)``: data points whose target is as high far away as in its bulk (improper in practice).
+        """Bool ``(N,)``: data points whose target rises again far from the data (improper in practice).
 
         Dividing by p(z)^{|S|−1} multiplies by a density that grows in every direction, so the product of
         the experts must fall off faster. Gaussian experts are settled exactly by :meth:`closed_form`;
-        flow experts have tails that training never sees. This probe starts at the best of
-        ``num_bulk`` starting points per data point (:meth:`initial_points`) and walks out along
-        ``num_directions`` random unit directions and the ± coordinate axes, to ``r`` times the
-        approximate posterior standard deviation (:meth:`approximate_variance`) for each ``r`` in
-        ``radii``. A point is flagged when the log target somewhere out there is at least its best
-        value in the bulk: a concentrated target is lower by tens of nats at 10 standard deviations
-        and by thousands at 100, while a target that rises there holds as much mass far away as near
-        the data (HMC chains then run off, see :class:`~pyro_mmvae.infer.hmc.BatchedHMC`).
+        flow experts have tails that training never sees. This probe starts, per data point, at the
+        best of ``num_bulk`` starting points (:meth:`initial_points`) and walks out along
+        ``num_directions`` random unit directions and the ± coordinate axes to ``r`` times the
+        approximate posterior standard deviation (:meth:`approximate_variance`), for each ``r`` in
+        ``radii`` (increasing). A point is flagged when along some ray the log target at a radius is at
+        least its value at the previous one: a proper target falls off between 10 and 100 standard
+        deviations (a Gaussian by thousands of nats), an improper one (precision negative along the
+        ray) rises there and its HMC chains run off (see :class:`~pyro_mmvae.infer.hmc.BatchedHMC`).
 
         It is a heuristic, in both directions. Flows whose log-scales are clamped (as Pyro's are) can
         make a target rise again thousands of standard deviations out, behind a barrier of thousands of
@@ -376,25 +376,25 @@ class SubsetPosterior:
         that is flat rather than rising, is not flagged (sampling reports it as escaped). Uses the
         global torch RNG.
         """
-        if not radii or min(radii) <= 0:
-            raise ValueError(f"radii must be positive, got {radii}")
+        radii = [float(r) for r in radii]
+        if len(radii) < 2 or min(radii) <= 0 or any(b <= a for a, b in zip(radii, radii[1:])):
+            raise ValueError(f"radii must be at least two increasing positive numbers, got {radii}")
         bulk = self.initial_points(num_bulk)  # (B, N, D)
-        bulk_lp = self.log_prob(bulk)
-        bulk_lp = torch.where(torch.isnan(bulk_lp), -float("inf"), bulk_lp)
-        best = bulk_lp.argmax(0)
-        idx = best[None, :, None].expand(1, self.num_data, self.latent_dim)
+        bulk_lp = torch.nan_to_num(self.log_prob(bulk), nan=-float("inf"))
+        idx = bulk_lp.argmax(0)[None, :, None].expand(1, self.num_data, self.latent_dim)
         centre = bulk.gather(0, idx).squeeze(0)  # (N, D)
-        reference = bulk_lp.amax(0)  # (N,)
         sd = self.approximate_variance().sqrt().to(centre)
         d = self.latent_dim
         eye = torch.eye(d, dtype=centre.dtype, device=centre.device)
         dirs = torch.randn(num_directions, d, dtype=centre.dtype, device=centre.device)
         dirs = torch.cat([dirs / dirs.norm(dim=-1, keepdim=True), eye, -eye])  # (K, D)
         rising = torch.zeros(self.num_data, dtype=torch.bool, device=centre.device)
+        previous = None
         for r in radii:
-            far = centre + float(r) * sd * dirs[:, None, :]  # (K, N, D)
-            lp = self.log_prob(far)
-            rising = rising | (torch.nan_to_num(lp, nan=-float("inf")) >= reference).any(0)
+            lp = torch.nan_to_num(self.log_prob(centre + r * sd * dirs[:, None, :]), nan=-float("inf"))  # (K, N)
+            if previous is not None:
+                rising = rising | ((lp >= previous) & torch.isfinite(lp)).any(0)
+            previous = lp
         return rising
 
     # ------------------------------------------------------------------ initialisation

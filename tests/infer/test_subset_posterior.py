@@ -159,8 +159,9 @@ def test_tail_probe_finds_the_improper_points_of_non_gaussian_experts():
     assert target.rising_tails().nonzero().flatten().tolist() == improper
     bad, how = improper_points(target)
     assert bad == improper and "tail" in how
-    with pytest.raises(ValueError, match="radii"):
-        target.rising_tails(radii=())
+    for radii in [(), (10.0,), (100.0, 10.0), (0.0, 10.0)]:
+        with pytest.raises(ValueError, match="radii"):
+            target.rising_tails(radii=radii)
 
 
 def test_closed_form_needs_gaussians():
