@@ -17,4 +17,4 @@ def test_readme_quickstart_runs():
 def test_readme_opens_with_the_two_commands():
     text = README.read_text()
     first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).strip().splitlines()
-    assert first == ['pip install -e . && pyro-mmvae train', 'pip install -e ".[test]" && python -m pytest']
+    assert first == ["pip install -e . && pyro-mmvae train", 'pip install -e ".[test]" && python -m pytest']
