@@ -87,15 +87,8 @@ from pyro_mmvae.guides.equivariant import (
 from pyro_mmvae.infer.fit import NonFiniteLossError, fit
 from pyro_mmvae.infer.masked import MaskedELBO, MixtureELBO
 from pyro_mmvae.metrics.likelihood import dataset_log_likelihood
-from pyro_mmvae.metrics.linear_gaussian import (
-    LinearGaussian,
-    affine_params,
-    linear_decoder_model,
-    ppca_mle,
-    relative_llh_gap,
-    stack_modalities,
-)
-from pyro_mmvae.metrics.mcc import latent_mcc, mcc
+from pyro_mmvae.metrics.linear_gaussian import linear_decoder_model, ppca_mle, relative_llh_gap, stack_modalities
+from pyro_mmvae.metrics.mcc import latent_mcc
 from pyro_mmvae.metrics.rates import dataset_rates_and_distortions
 from pyro_mmvae.models.multimodal_vae import MultimodalVAE
 from pyro_mmvae.models.private import PrivateLatentVAE
@@ -400,55 +393,17 @@ def build_elbo(objective: str, mask_sampler: str):
 
 
 # ============================================================================================ evaluation
-def private_linear_model(model: PrivateLatentVAE) -> LinearGaussian:
-    """The linear-Gaussian model of a private-latent VAE with affine decoders over (z′, z̃_1, …, z̃_M).
+def llh_gap(model, dataset, latent_dim: int) -> float:
+    """(ℓ_MLE − ℓ_model) / |ℓ_MLE| on the training data, with the PPCA MLE of ``latent_dim`` factors.
 
-    Latent layout (D′ + M D̃): z′ first, then each modality's private block in ``model.names`` order.
+    The learned model's exact likelihood comes from its affine decoders (``linear_decoder_model``; for a
+    private-latent model its latent is z′ followed by every modality's private block).
     """
-    d, dp, names = model.latent_dim, model.private_dim, model.names
-    param = next(model.parameters())
-    total = d + len(names) * dp
-    Ws, bs, vs = [], [], []
-    for j, name in enumerate(names):
-        A, c = affine_params(
-            lambda zw, name=name: model.decode(name, zw[..., :d], zw[..., d:]),
-            d + dp,
-            dtype=param.dtype,
-            device=param.device,
-        )
-        W = torch.zeros(A.shape[0], total, dtype=torch.float64)
-        W[:, :d] = A[:, :d]
-        W[:, d + j * dp : d + (j + 1) * dp] = A[:, d:]
-        lik = model.likelihoods[name]
-        var = lik.scale().detach().double().cpu().pow(2).expand(A.shape[0])
-        Ws.append(W)
-        bs.append(c)
-        vs.append(var)
-    return LinearGaussian(torch.cat(Ws), torch.cat(bs), torch.cat(vs))
-
-
-def llh_gap(model, dataset, latent_dim: int, private: bool) -> float:
-    """(ℓ_MLE − ℓ_model) / |ℓ_MLE| on the training data, with the PPCA MLE of ``latent_dim`` factors."""
     x = stack_modalities(dataset.full, model.names)
-    learned = private_linear_model(model) if private else linear_decoder_model(model)
+    learned = linear_decoder_model(model)
     return relative_llh_gap(
         ppca_mle(x, latent_dim).log_likelihood(x).sum().item(), learned.log_likelihood(x).sum().item()
     )
-
-
-@torch.no_grad()
-def private_mcc(model, guide, dataset, batch_size: int = 500) -> dict:
-    """MCC of one sample (z′, z̃_1..z̃_M) ~ q(· | x_M) against the true 30-d latent."""
-    from pyro_mmvae.data.dataset import iterate_batches
-
-    device = next(guide.parameters()).device
-    out = []
-    for batch in iterate_batches(dataset, batch_size, shuffle=False):
-        batch = batch.to(device)
-        z = guide.posterior(batch, None).sample()
-        w = guide.private_posterior(batch, None, z)
-        out.append(torch.cat([z, *[w[n].sample() for n in guide.names]], -1).cpu())
-    return mcc(dataset.full.labels["z"], torch.cat(out)).as_dict()
 
 
 def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, mask_sampler: str, seed: int) -> dict:
@@ -470,7 +425,7 @@ def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, 
     train = data.train
     if table in (1, 2):
         # PPCA MLE with the true number of factors (30 for both parts of Table 2: 5 shared + 5 × 5 private)
-        gap = attempt("llh_gap", lambda: llh_gap(model, train, LATENT_DIM[table], row.private))
+        gap = attempt("llh_gap", lambda: llh_gap(model, train, LATENT_DIM[table]))
         out["llh_gap"] = _num(gap)
     if table == 1:
         rates = attempt(
@@ -480,10 +435,10 @@ def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, 
         for k in ("full_reconstruction", "full_rate", "cross_prediction", "cross_rate"):
             out[k] = _num(None if rates is None else rates[k])
     if table == 2:
-        if row.private:
-            res = attempt("mcc", lambda: private_mcc(model, guide, train, settings.eval_batch))
-        else:
-            res = attempt("mcc", lambda: latent_mcc(guide, train, "z", batch_size=settings.eval_batch).as_dict())
+        # with private latents: one sample of (z′, z̃_1, …, z̃_M) ~ q(· | x_M) against the true 30-d latent
+        res = attempt(
+            "mcc", lambda: latent_mcc(guide, train, "z", batch_size=settings.eval_batch, private=row.private).as_dict()
+        )
         out["mcc"] = _num(None if res is None else res["weak_out"])
         out["mcc_strong"] = _num(None if res is None else res["strong_out"])
     if table in (3, 4):

@@ -20,7 +20,9 @@ guide                       q(z | x_S)                                  q(z | �
 ==========================  ==========================================  ========================
 
 PoE experts use ``v = var_floor + exp(2ℓ)``; the prior expert is (μ0, ℓ0) = (0, 0), i.e.
-N(0, (1 + var_floor) I). Every other Gaussian uses ``σ = min_scale + exp(ℓ)``. PoE+/MoE+ (``plus=True``)
+N(0, (1 + var_floor) I). MoE experts use ``σ = min_scale + exp(ℓ)``; the set guides use
+``σ = min_scale + exp_linear(ℓ)`` — the same below ℓ = 5, linear above, because their ρ sums over the
+set (see :func:`~pyro_mmvae.nn.set_aggregators.exp_linear`). PoE+/MoE+ (``plus=True``)
 add 4 [Dense 256, ReLU] layers before each unimodal encoder's last layer (parameter-matched
 baselines). Default sizes follow the linear-Gaussian setting of the paper (encoders
 ``D_s → 256 → 256 → ·``, set networks of width 256).
@@ -47,7 +49,7 @@ from pyro_mmvae.distributions.experts import (
     product_of_experts,
 )
 from pyro_mmvae.nn.networks import GaussianHead, default_encoder
-from pyro_mmvae.nn.set_aggregators import SelfAttentionPooling, SumPooling, lecun_normal_
+from pyro_mmvae.nn.set_aggregators import SelfAttentionPooling, SetGaussianHead, SumPooling, lecun_normal_
 
 from .base import MultimodalGuide
 
@@ -83,6 +85,37 @@ def unimodal_encoder(
 def _check_init(init: str) -> None:
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+def init_networks(init: str, *networks: nn.Module) -> tuple[nn.Module, ...]:
+    """The networks, re-initialised LeCun-normal with zero biases (``"lecun"``) or as built (``"torch"``), in order."""
+    _check_init(init)
+    return tuple(lecun_normal_(net) for net in networks) if init == "lecun" else networks
+
+
+def check_poe_options(poe_mean: str, var_floor: float) -> tuple[str, float]:
+    """Validated ``(poe_mean, var_floor)`` of a product of experts."""
+    if poe_mean not in POE_MEANS:
+        raise ValueError(f"poe_mean must be one of {POE_MEANS}, got {poe_mean!r}")
+    if not var_floor > 0:
+        raise ValueError(f"var_floor must be > 0, got {var_floor}")
+    return poe_mean, float(var_floor)
+
+
+def prior_expert(var_floor: float) -> tuple[float, float]:
+    """(μ0, v0) of the always-on prior expert (μ0, ℓ0) = (0, 0): ``(0, var_floor + 1)``."""
+    return 0.0, var_floor + 1.0
+
+
+def poe_experts(features: torch.Tensor, var_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Experts ``[μ_s, ℓ_s] = features (B, M, 2D)`` → ``(locs (B, M, D), variances var_floor + exp(2ℓ_s))``."""
+    loc, log_scale = features.chunk(2, dim=-1)
+    return loc, poe_variance(log_scale, var_floor)
+
+
+def poe_of_features(features: torch.Tensor, mask: torch.Tensor, var_floor: float, poe_mean: str):
+    """PoE of the experts ``features (B, M, 2D)`` in S (``mask (B, M)``) and the prior expert; event ``(D,)``."""
+    return product_of_experts(*poe_experts(features, var_floor), mask, *prior_expert(var_floor), poe_mean)
 
 
 class ModalityEncoders(nn.Module):
@@ -171,6 +204,8 @@ class AggregationGuide(MultimodalGuide):
     def __init__(self, modalities: Iterable[Modality], latent_dim: int):
         super().__init__()
         self.modalities = {m.name: m for m in modalities}
+        if not self.modalities:
+            raise ValueError("an aggregation guide needs at least one modality")
         self.latent_dim = int(latent_dim)
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
@@ -192,11 +227,7 @@ class _PoEExperts(AggregationGuide):
 
     def __init__(self, modalities, latent_dim, hidden, encoders, arch, poe_mean, var_floor, plus, init):
         super().__init__(modalities, latent_dim)
-        if poe_mean not in POE_MEANS:
-            raise ValueError(f"poe_mean must be one of {POE_MEANS}, got {poe_mean!r}")
-        if not var_floor > 0:
-            raise ValueError(f"var_floor must be > 0, got {var_floor}")
-        self.poe_mean, self.var_floor = poe_mean, float(var_floor)
+        self.poe_mean, self.var_floor = check_poe_options(poe_mean, var_floor)
         self.encoders = ModalityEncoders(
             self.modalities.values(), 2 * self.latent_dim, hidden, arch, encoders, PLUS_LAYERS if plus else 0, init
         )
@@ -204,13 +235,12 @@ class _PoEExperts(AggregationGuide):
     @property
     def prior_expert(self) -> tuple[float, float]:
         """(μ0, v0) of the always-on prior expert (μ0, ℓ0) = (0, 0)."""
-        return 0.0, self.var_floor + 1.0
+        return prior_expert(self.var_floor)
 
     def experts(self, batch: MultimodalBatch, subset: Subset = None):
         """``(locs (B, M, D), variances (B, M, D), mask (B, M))`` in the guide's modality order."""
         mask = self.subset_mask(batch, subset)
-        loc, log_scale = self.encoders(batch, mask).chunk(2, dim=-1)
-        return loc, poe_variance(log_scale, self.var_floor), mask
+        return (*poe_experts(self.encoders(batch, mask), self.var_floor), mask)
 
 
 class PoEGuide(_PoEExperts):
@@ -244,9 +274,8 @@ class PoEGuide(_PoEExperts):
         super().__init__(modalities, latent_dim, hidden, encoders, arch, poe_mean, var_floor, plus, init)
 
     def posterior(self, batch: MultimodalBatch, subset: Subset = None):
-        locs, variances, mask = self.experts(batch, subset)
-        prior_loc, prior_var = self.prior_expert
-        return product_of_experts(locs, variances, mask, prior_loc, prior_var, self.poe_mean)
+        mask = self.subset_mask(batch, subset)
+        return poe_of_features(self.encoders(batch, mask), mask, self.var_floor, self.poe_mean)
 
 
 class MoPoEGuide(_PoEExperts):
@@ -332,9 +361,9 @@ def distribution_from_output(out: torch.Tensor, latent_dim: int, num_components:
     """ρ's output ``(B, O)`` → diagonal Normal (event ``(D,)``) or :class:`DiagNormalMixture`.
 
     Mixture layout: ``out[..., :2DK]`` is K blocks ``[μ_k, ℓ_k]``, ``out[..., 2DK:]`` the K logits;
-    ``σ = min_scale + exp(ℓ)``.
+    ``σ = min_scale + exp_linear(ℓ)`` (:class:`~pyro_mmvae.nn.set_aggregators.SetGaussianHead`).
     """
-    head = GaussianHead(min_scale, positive="exp")
+    head = SetGaussianHead(min_scale)
     if num_components is None:
         loc, scale = head(out)
         return dist.Normal(loc, scale).to_event(1)
@@ -375,7 +404,7 @@ class SetAggregationGuide(AggregationGuide):
         return gaussian_output_dim(self.latent_dim, self.num_components)
 
     def _finish(self, aggregator: nn.Module) -> None:
-        self.aggregator = lecun_normal_(aggregator) if self.init == "lecun" else aggregator
+        (self.aggregator,) = init_networks(self.init, aggregator)
 
     def features(self, batch: MultimodalBatch, subset: Subset = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(h (B, M, E), mask (B, M))`` with h computed on inputs zeroed outside the subset."""
@@ -395,7 +424,7 @@ class SumPoolingGuide(SetAggregationGuide):
         feature_dim: E, the unimodal feature size (default 2D, the linear-Gaussian setting's 60 for D = 30).
         hidden: hidden sizes of the default unimodal encoders ``D_s → hidden → E`` (ReLU).
         width: H, hidden width of χ and ρ; pooled_dim: P; num_hidden: hidden layers of χ and ρ.
-        min_scale: σ = min_scale + exp(ℓ).
+        min_scale: σ = min_scale + exp_linear(ℓ) (exp(ℓ) up to ℓ = 5, linear above).
         num_components: ``None`` (Gaussian) or K (mixture, see :class:`SumPoolingMixtureGuide`).
     """
 

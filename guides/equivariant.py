@@ -29,8 +29,10 @@ equivariant — permuting the modalities permutes the private posteriors with th
 - :class:`EquivariantSelfAttentionGuide` (Example 5): SelfAttention for z′;
   ``g⁰_s = χ1(h_s) + χ2(z′)``, masked blocks, ``[μ̃_s, ℓ̃_s] = Dense(LN(g^L_s))``.
 
-Scales are ``σ = min_scale + exp(ℓ)``, except the PoE's shared experts (``v = var_floor + exp(2ℓ)``,
-as in :class:`~guides.aggregation.PoEGuide`). Default sizes follow the paper's linear private-latent
+Scales are ``σ = min_scale + exp(ℓ)`` for the PoE's private heads and ``σ = min_scale + exp_linear(ℓ)``
+(the same below ℓ = 5, linear above; see :func:`~pyro_mmvae.nn.set_aggregators.exp_linear`) for the set
+guides, whose networks sum over the set; the PoE's shared experts use ``v = var_floor + exp(2ℓ)``, as in
+:class:`~guides.aggregation.PoEGuide`. Default sizes follow the paper's linear private-latent
 setting (PoE heads ``D_s → 512 → 512 → ·``; set encoders ``D_s → 128 → 128 → 128`` and set networks of
 width 128).
 """
@@ -48,19 +50,26 @@ from torch import nn
 
 from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
-from pyro_mmvae.distributions.experts import POE_MEANS, VAR_FLOOR, poe_variance, product_of_experts
+from pyro_mmvae.distributions.experts import VAR_FLOOR
 from pyro_mmvae.models.private import private_site
 from pyro_mmvae.nn.networks import GaussianHead
 from pyro_mmvae.nn.set_aggregators import (
     EquivariantSelfAttention,
     EquivariantSumPooling,
     SelfAttentionPooling,
+    SetGaussianHead,
     SumPooling,
-    lecun_normal_,
 )
 
-from .aggregation import ModalityEncoders, distribution_from_output, gaussian_output_dim
-from .base import MultimodalGuide
+from .aggregation import (
+    AggregationGuide,
+    ModalityEncoders,
+    check_poe_options,
+    distribution_from_output,
+    gaussian_output_dim,
+    init_networks,
+    poe_of_features,
+)
 
 
 @dataclass
@@ -74,22 +83,16 @@ class Encoded:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class PrivateLatentGuide(MultimodalGuide):
-    """Base class: subclasses implement :meth:`encode`, :meth:`shared_from` and :meth:`private_params_from`."""
+class PrivateLatentGuide(AggregationGuide):
+    """Base class: subclasses build ``self.encoders`` and implement :meth:`encode`, :meth:`shared_from` and
+    :meth:`private_params_from`; ``private_head`` maps ``(*, 2D̃)`` to the private ``(loc, scale)``."""
 
-    def __init__(self, modalities: Iterable[Modality], latent_dim: int, private_dim: int, min_scale: float):
-        super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        if not self.modalities:
-            raise ValueError("a guide needs at least one modality")
-        self.latent_dim, self.private_dim = int(latent_dim), int(private_dim)
-        if self.latent_dim < 1 or self.private_dim < 1:
-            raise ValueError(f"latent_dim and private_dim must be >= 1, got {latent_dim}, {private_dim}")
-        self.private_gaussian = GaussianHead(min_scale, positive="exp")
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
+    def __init__(self, modalities: Iterable[Modality], latent_dim: int, private_dim: int, private_head: nn.Module):
+        super().__init__(modalities, latent_dim)
+        self.private_dim = int(private_dim)
+        if self.private_dim < 1:
+            raise ValueError(f"private_dim must be >= 1, got {private_dim}")
+        self.private_gaussian = private_head
 
     @property
     def private_sites(self) -> dict[str, str]:
@@ -175,22 +178,18 @@ class EquivariantPoEGuide(PrivateLatentGuide):
         min_scale: float = 1e-3,
         init: str = "lecun",
     ):
-        super().__init__(modalities, latent_dim, private_dim, min_scale)
-        if poe_mean not in POE_MEANS:
-            raise ValueError(f"poe_mean must be one of {POE_MEANS}, got {poe_mean!r}")
-        self.poe_mean, self.var_floor = poe_mean, float(var_floor)
+        super().__init__(modalities, latent_dim, private_dim, GaussianHead(min_scale, positive="exp"))
+        self.poe_mean, self.var_floor = check_poe_options(poe_mean, var_floor)
         mods = list(self.modalities.values())
         self.encoders = ModalityEncoders(mods, 2 * self.latent_dim, hidden, arch, shared_encoders, 0, init)
         self.private_encoders = ModalityEncoders(mods, 2 * self.private_dim, hidden, arch, private_encoders, 0, init)
 
     def encode(self, batch: MultimodalBatch, subset: Subset = None) -> Encoded:
-        mask = self.encoders.stacked_mask(batch, subset)
+        mask = self.subset_mask(batch, subset)
         return Encoded(mask, {"shared": self.encoders(batch, mask), "private": self.private_encoders(batch, mask)})
 
     def shared_from(self, enc: Encoded):
-        loc, log_scale = enc.features["shared"].chunk(2, dim=-1)
-        variances = poe_variance(log_scale, self.var_floor)
-        return product_of_experts(loc, variances, enc.mask, 0.0, 1.0 + self.var_floor, self.poe_mean)
+        return poe_of_features(enc.features["shared"], enc.mask, self.var_floor, self.poe_mean)
 
     def private_params_from(self, enc: Encoded, z: torch.Tensor):
         loc, scale = self.private_gaussian(enc.features["private"])  # (B, M, D̃): independent of z′
@@ -202,17 +201,15 @@ class _SetPrivateGuide(PrivateLatentGuide):
     """Shared unimodal features h (B, M, E) feed an invariant network (z′) and an equivariant one (z̃)."""
 
     def __init__(self, modalities, latent_dim, private_dim, feature_dim, hidden, encoders, arch, min_scale, init):
-        super().__init__(modalities, latent_dim, private_dim, min_scale)
+        super().__init__(modalities, latent_dim, private_dim, SetGaussianHead(min_scale))
         self.feature_dim, self.min_scale, self.init = int(feature_dim), float(min_scale), init
         self.encoders = ModalityEncoders(self.modalities.values(), self.feature_dim, hidden, arch, encoders, 0, init)
 
     def _finish(self, shared: nn.Module, private: nn.Module) -> None:
-        if self.init == "lecun":
-            shared, private = lecun_normal_(shared), lecun_normal_(private)
-        self.shared_net, self.private_net = shared, private
+        self.shared_net, self.private_net = init_networks(self.init, shared, private)
 
     def encode(self, batch: MultimodalBatch, subset: Subset = None) -> Encoded:
-        mask = self.encoders.stacked_mask(batch, subset)
+        mask = self.subset_mask(batch, subset)
         return Encoded(mask, {"h": self.encoders(batch, mask)})
 
     def shared_from(self, enc: Encoded):
@@ -230,7 +227,7 @@ class EquivariantSumPoolingGuide(_SetPrivateGuide):
         modalities, latent_dim (D), private_dim (D̃), arch, init: as in :class:`EquivariantPoEGuide`.
         feature_dim: E; hidden: hidden sizes of the default unimodal encoders ``D_s → hidden → E``.
         width: H of χ, χ0, χ1, χ2 and both ρ; pooled_dim: P; num_hidden: their hidden layers.
-        encoders: optional name → module ``(B, *shape) → (B, E)``; min_scale: σ = min_scale + exp(ℓ).
+        encoders: optional name → module ``(B, *shape) → (B, E)``; min_scale: σ = min_scale + exp_linear(ℓ).
     """
 
     def __init__(

@@ -92,16 +92,35 @@ def test_pending_rows_leave_claims_undecided(script):
     assert claims["gmm_mixture_best_llh"]["masked"] is None
 
 
-def test_private_linear_model_reproduces_the_decoders(script):
+def test_private_latent_rows_use_the_library_linear_model(script):
     from pyro_mmvae.data.synthetic import multimodal_linear
+    from pyro_mmvae.metrics.linear_gaussian import linear_decoder_model
 
     data = multimodal_linear(num_samples=20, sparse=True, seed=0)
     row = script.Row("SumPooling", "SumPooling", private=True)
     model = script.build_model(2, row, data.modalities)
-    lg = script.private_linear_model(model)
+    lg = linear_decoder_model(model)
     g = torch.Generator().manual_seed(1)
     z, w = torch.randn(3, 5, generator=g), {n: torch.randn(3, 5, generator=g) for n in model.names}
     full = torch.cat([z, *[w[n] for n in model.names]], -1).double()
     want = torch.cat([model.decode(n, z, w[n]) for n in model.names], -1).double()
     torch.testing.assert_close(full @ lg.W.T + lg.b, want.detach(), rtol=1e-5, atol=1e-5)
     assert lg.noise_var.allclose(torch.full_like(lg.noise_var, (1 + 1e-3) ** 2))
+    # the gap itself, on enough rows for a full-rank PPCA MLE (Dx = Σ D_s ≈ 225 < N)
+    big = multimodal_linear(num_samples=400, sparse=True, seed=0)
+    assert math.isfinite(script.llh_gap(model, big.train, 30))
+
+
+def test_table_2_sparse_rows_evaluate_end_to_end(script, tmp_path):
+    out = tmp_path / "pi"
+    argv = [
+        "--tables", "2", "--sections", "sparse", "--rows", "SumPooling", "--objectives", "masked",
+        "--epochs", "1", "--seeds", "1", "--num-train", "400",
+        "--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--no-progress",
+    ]  # fmt: skip
+    script.main(argv)
+    cell = json.loads(out.with_suffix(".json").read_text())["tables"]["2"]["sections"]["sparse"]["SumPooling"]
+    for metric in ("llh_gap", "mcc", "mcc_strong"):
+        summary = cell["masked"][metric]
+        assert summary["n"] == 1 and summary["failed"] == 0 and math.isfinite(summary["mean"])
+    assert 0 <= cell["masked"]["mcc"]["mean"] <= 1

@@ -9,7 +9,7 @@ from .linear_gaussian import (
     ppca_mle,
     relative_llh_gap,
 )
-from .mcc import MCCResult, fit_cca, latent_mcc, mcc
+from .mcc import MCCResult, encode_dataset_with_private, fit_cca, latent_mcc, mcc
 from .probe import LinearProbe, encode_dataset, latent_linear_probe, linear_probe_accuracy
 from .rates import dataset_rates_and_distortions, rates_and_distortions
 
@@ -26,6 +26,7 @@ __all__ = [
     "relative_llh_gap",
     "mcc",
     "latent_mcc",
+    "encode_dataset_with_private",
     "fit_cca",
     "MCCResult",
     "rates_and_distortions",

@@ -181,36 +181,52 @@ def affine_params(fn: Callable[[torch.Tensor], torch.Tensor], in_dim: int, rtol:
 def linear_decoder_model(model, names: Iterable[str] | None = None, rtol: float = 1e-4) -> LinearGaussian:
     """The linear-Gaussian model of a learned VAE whose decoders are affine with Normal likelihoods.
 
-    ``model`` must offer ``latent_dim`` and ``likelihood_dist(name, z)`` (as ``MultimodalVAE`` does);
+    ``model`` must offer ``latent_dim`` (D) and ``likelihood_dist(name, z)`` (as ``MultimodalVAE`` does);
     modalities (default ``model.names``) are stacked in order, each flattened. Raises if a decoder is
-    not affine or a likelihood is not Normal with a z-independent scale.
+    not affine or a likelihood is not Normal with a latent-independent scale.
+
+    Models with private latents (a ``private_dim`` D̃ and ``likelihood_dist(name, z, w)`` reading the
+    shared z ``(*, D)`` and modality ``name``'s private w ``(*, D̃)``, as
+    :class:`~pyro_mmvae.models.private.PrivateLatentVAE` does): the returned model's latent is
+    (z′, z̃_{names[0]}, …, z̃_{names[K-1]}) of size D + K·D̃ with K = len(names), every block N(0, I);
+    modality s loads z′ and its own block only, so ``W`` is ``(Dx, D + K·D̃)`` with zeros outside them.
     """
     names = list(model.names if names is None else names)
     d = int(model.latent_dim)
+    dp = int(getattr(model, "private_dim", 0) or 0)
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else None
-    Ws, bs, vs = [], [], []
-    for name in names:
 
-        def mean_fn(z, name=name):
-            return model.likelihood_dist(name, z).mean
+    def dist_at(name: str, zw: torch.Tensor):
+        """p(x_name | ·) at the decoder input ``zw (*, D + D̃)`` (``(*, D)`` without private latents)."""
+        return model.likelihood_dist(name, zw[..., :d], zw[..., d:]) if dp else model.likelihood_dist(name, zw)
 
+    def variance_at(name: str, zw: torch.Tensor) -> torch.Tensor:
+        """Observation variances ``(rows, numel)`` in float64, squared from the Normal's own scale."""
         with torch.no_grad():
-            probe = model.likelihood_dist(name, torch.zeros(2, d, dtype=dtype, device=device))
-        base = getattr(probe, "base_dist", probe)
+            lik = dist_at(name, zw.to(dtype=dtype, device=device))
+        base = getattr(lik, "base_dist", lik)
         if type(base).__name__ != "Normal":
             raise ValueError(f"modality {name!r}: an analytic log-likelihood needs a Normal likelihood, got {base}")
+        return base.scale.double().pow(2).reshape(zw.shape[0], -1)
+
+    in_dim = d + dp
+    probe = torch.randn(3, in_dim, generator=torch.Generator().manual_seed(1))
+    Ws, bs, vs = [], [], []
+    for j, name in enumerate(names):
+        var = variance_at(name, torch.zeros(2, in_dim))
         try:
-            A, c = affine_params(mean_fn, d, rtol, dtype, device)
+            A, c = affine_params(lambda zw, name=name: dist_at(name, zw).mean, in_dim, rtol, dtype, device)
         except ValueError as err:
             raise ValueError(f"modality {name!r}: decoder is not affine ({err})") from None
-        var = probe.variance.detach().double().reshape(2, -1)
-        with torch.no_grad():
-            z = torch.randn(3, d, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
-            var2 = model.likelihood_dist(name, z).variance.double().reshape(3, -1)
+        var2 = variance_at(name, probe)
         if not torch.allclose(var2, var[:1].expand_as(var2)):
             raise ValueError(f"modality {name!r}: the observation variance depends on z; no analytic likelihood")
+        if dp:  # place the private columns on modality j's own block of the stacked latent
+            W = A.new_zeros(A.shape[0], d + len(names) * dp)
+            W[:, :d], W[:, d + j * dp : d + (j + 1) * dp] = A[:, :d], A[:, d:]
+            A = W
         Ws.append(A)
         bs.append(c)
         vs.append(var[0].cpu())

@@ -19,6 +19,11 @@ offers Pearson (default) and Spearman.
 
 Sanity check (dense linear model of Table 2, exact posterior): a posterior SAMPLE gives ≈ 5/6,
 the posterior MEAN ≈ √(5/6).
+
+Models with private latents (shared z′ plus a private z̃_s per modality, e.g.
+:class:`~pyro_mmvae.models.private.PrivateLatentVAE` with the guides of ``guides/equivariant.py``):
+``latent_mcc(..., private=True)`` scores the concatenation (z′, z̃_{s_1}, …, z̃_{s_M}) returned by
+:func:`encode_dataset_with_private` against the true latents (all of them, shared and private).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
 from ..data.batch import Subset
+from ..data.dataset import iterate_batches
 from .probe import encode_dataset
 
 METHODS = ("pearson", "spearman")
@@ -148,6 +154,39 @@ def mcc(z_true, z_hat, n_components: int | None = None, method: str = "pearson")
     return MCCResult(weak_in, weak_out, strong_in, strong_out)
 
 
+def encode_dataset_with_private(
+    guide, dataset, subset: Subset = None, batch_size: int = 500, sample: bool = True
+) -> torch.Tensor:
+    """Shared and private latents of every row of ``dataset`` (in order): ``(N, D + M·D̃)``.
+
+    For a guide with private latents (``guide.posterior`` → q(z′ | x_S), ``guide.private_posterior(batch,
+    subset, z′)`` → ``{name: q(z̃_name | z′, x_S)}``, ``guide.names``), row n holds
+    ``[z′, z̃_{names[0]}, …, z̃_{names[M-1]}]``: z′ ~ q(z′ | x_S) and then z̃_s ~ q(z̃_s | z′, x_S) at that
+    z′ (``sample``), or z′ = its mean and z̃_s = the mean of q(z̃_s | z′ = that mean, x_S) (a plug-in
+    mean, not the marginal mean of z̃_s when q(z̃_s | z′, ·) depends on z′). For s outside S the guide
+    returns the prior N(0, I), so those blocks carry no information. ``subset``: modality names
+    (default every present modality).
+    """
+    if isinstance(subset, dict):
+        raise TypeError("encode_dataset_with_private takes modality names as the subset, not per-row masks")
+    if not callable(getattr(guide, "private_posterior", None)):
+        raise TypeError(
+            f"{type(guide).__name__} has no private_posterior(batch, subset, z); private=True needs a guide with "
+            "private latents (see guides/equivariant.py)"
+        )
+    device = next((p.device for p in guide.parameters()), None) if hasattr(guide, "parameters") else None
+    out = []
+    with torch.no_grad():
+        for batch in iterate_batches(dataset, batch_size, shuffle=False):
+            batch = batch if device is None else batch.to(device)
+            q = guide.posterior(batch, subset)
+            z = q.sample() if sample else q.mean
+            private = guide.private_posterior(batch, subset, z)
+            blocks = [private[name].sample() if sample else private[name].mean for name in guide.names]
+            out.append(torch.cat([z, *blocks], -1).cpu())
+    return torch.cat(out)
+
+
 def latent_mcc(
     guide,
     dataset,
@@ -157,11 +196,17 @@ def latent_mcc(
     sample: bool = True,
     n_components: int | None = None,
     method: str = "pearson",
+    private: bool = False,
 ) -> MCCResult:
-    """MCC of one ẑ ~ q(z | x_S) per row (``sample=False``: its mean) against ``dataset.full.labels[latent_label]``."""
+    """MCC of one ẑ ~ q(z | x_S) per row (``sample=False``: its mean) against ``dataset.full.labels[latent_label]``.
+
+    ``private=True`` (guides with private latents): ẑ = (z′, z̃_{s_1}, …, z̃_{s_M}) ``(N, D + M·D̃)`` from
+    :func:`encode_dataset_with_private`, to be scored against the true shared AND private latents.
+    """
     if latent_label not in dataset.full.labels:
         raise KeyError(
             f"dataset has no label {latent_label!r} with the true latents; it has {sorted(dataset.full.labels)}"
         )
-    z_hat = encode_dataset(guide, dataset, subset, batch_size, sample)
+    encode = encode_dataset_with_private if private else encode_dataset
+    z_hat = encode(guide, dataset, subset, batch_size, sample)
     return mcc(dataset.full.labels[latent_label], z_hat, n_components, method)

@@ -152,3 +152,69 @@ def test_non_affine_decoder_or_likelihood_raises():
         linear_decoder_model(MultimodalVAE(bern, 2, decoders={"u": nn.Linear(2, 3)}))
     with pytest.raises(ValueError, match="not affine"):
         affine_params(lambda z: z**2, 2)
+
+
+def _private_linear_vae(d=2, dp=3, seed=0):
+    from pyro_mmvae.models.private import PrivateLatentVAE
+
+    torch.manual_seed(seed)
+    mods = [Modality("u", (3,), scale=0.5), Modality("v", (2,), scale=2.0)]
+    dec = {"u": nn.Linear(d + dp, 3), "v": nn.Linear(d + dp, 2)}
+    return PrivateLatentVAE(mods, d, dp, decoders=dec), dec
+
+
+def test_linear_decoder_model_of_a_private_latent_model_has_its_analytic_covariance():
+    # x_s = A_s [z′, z̃_s] + c_s + ε_s with z′, z̃_u, z̃_v, ε independent ⇒
+    # Cov(x_s, x_s) = A_s A_sᵀ + σ_s² I, Cov(x_u, x_v) = A_u′ A_v′ᵀ (shared columns only)
+    d, dp = 2, 3
+    model, dec = _private_linear_vae(d, dp)
+    a_u, a_v = dec["u"].weight.detach().double(), dec["v"].weight.detach().double()
+    cross = a_u[:, :d] @ a_v[:, :d].T
+    want = torch.cat(
+        [
+            torch.cat([a_u @ a_u.T + 0.25 * torch.eye(3, dtype=torch.float64), cross], 1),
+            torch.cat([cross.T, a_v @ a_v.T + 4.0 * torch.eye(2, dtype=torch.float64)], 1),
+        ]
+    )
+    lg = linear_decoder_model(model)
+    assert lg.W.shape == (5, d + 2 * dp)
+    torch.testing.assert_close(lg.covariance(), want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lg.b, torch.cat([dec["u"].bias, dec["v"].bias]).double(), atol=1e-6, rtol=1e-6)
+    # modality u loads z′ and its own private block only (layout: z′, z̃_u, z̃_v)
+    assert (lg.W[:3, d + dp :] == 0).all() and (lg.W[3:, d : d + dp] == 0).all()
+    # the stacked model reproduces the decoders at any (z′, z̃_u, z̃_v)
+    g = torch.Generator().manual_seed(1)
+    z, w = torch.randn(4, d, generator=g), {n: torch.randn(4, dp, generator=g) for n in model.names}
+    full = torch.cat([z, w["u"], w["v"]], -1).double()
+    decoded = torch.cat([model.decode(n, z, w[n]) for n in model.names], -1).detach().double()
+    torch.testing.assert_close(full @ lg.W.T + lg.b, decoded, atol=1e-5, rtol=1e-5)
+    # a subset of modalities: the latent holds z′ and the selected private blocks
+    only_v = linear_decoder_model(model, names=["v"])
+    assert only_v.W.shape == (2, d + dp)
+    torch.testing.assert_close(only_v.covariance(), want[3:, 3:], atol=1e-6, rtol=1e-6)
+
+
+def test_linear_decoder_model_of_a_private_latent_model_matches_monte_carlo_moments():
+    # Independent check of the covariance by simulation: draws of (z′, z̃) through the model's decoders.
+    model, _ = _private_linear_vae()
+    lg = linear_decoder_model(model)
+    n = 200_000
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(n, 2, generator=g)
+    with torch.no_grad():
+        x = torch.cat(
+            [model.likelihood_dist(s, z, torch.randn(n, 3, generator=g)).sample() for s in model.names], -1
+        ).double()
+    emp = torch.cov(x.T)
+    # entries of a sample covariance have standard error sqrt((Σ_ii Σ_jj + Σ_ij²) / n)
+    cov = lg.covariance()
+    se = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
+    assert ((emp - cov).abs() < 5 * se).all()
+
+
+def test_linear_decoder_model_rejects_non_affine_private_decoders():
+    from pyro_mmvae.models.private import PrivateLatentVAE
+
+    mods = [Modality("u", (3,), scale=0.5)]
+    with pytest.raises(ValueError, match="'u'.*not affine"):
+        linear_decoder_model(PrivateLatentVAE(mods, 2, 2, hidden=(4,)))
