@@ -6,6 +6,8 @@ circles/squares toy data and writes a run folder::
     runs/toy-joint-seed0/
         config.json          every option of this run
         joint/               the training stage: checkpoint.pt, best.pt, config.json, log.csv
+        projectors/          --model jnf-shared: stage 0, the DCCA / contrastive projectors g_j
+        experts_<variant>/   --model jnf / jnf-shared: stage 2, unimodal experts (gaussian, flow, shared)
         metrics.json         test ELBO, reconstruction quality, coherence
         latent_space.png  reconstructions.png  prior_samples.png
 
@@ -76,6 +78,12 @@ def _sample_parser(sub):
     p.add_argument("--count", type=int, default=8, help="test data points to condition on")
     p.add_argument("--num-samples", type=int, default=6, help="samples per data point")
     p.add_argument("--warmup", type=int, default=300, help="MCMC warmup steps (subset posteriors)")
+    p.add_argument(
+        "--improper",
+        choices=("raise", "warn"),
+        default="raise",
+        help="data points whose subset posterior is improper: stop with an error (default) or warn and sample the rest",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/samples)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -124,6 +132,7 @@ def cmd_sample(args) -> int:
             method=args.method,
             mcmc_warmup=args.warmup,
             seed=args.seed,
+            improper=args.improper,
         )
     except (KeyError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -215,6 +224,7 @@ def cmd_train(args) -> int:
         device=device,
         progress=not args.no_progress,
     )
+    set_seed(args.seed)  # the metrics draw samples: the same draws whether or not the run was resumed
     metrics = toy.evaluate_joint(model, guide, test, out, device)
     if args.model in ("jnf", "jnf-shared"):
         metrics["cross_coherence"] = _train_experts(args, model, guide, train, val, test, out, device)
@@ -232,7 +242,8 @@ def cmd_train(args) -> int:
 
 
 def _train_experts(args, model, joint_guide, train, val, test, out: Path, device) -> dict:
-    """JNF stage 2 (and stage 0 of JNF-Shared): one checkpointed fit stage per expert variant."""
+    """JNF stage 2 (and stage 0 of JNF-Shared): checkpointed fit stages 'projectors' (jnf-shared only),
+    then one 'experts_<variant>' stage per expert variant."""
     from .experiments import toy
     from .infer.fit import fit
     from .infer.jnf import JNFLoss
@@ -241,8 +252,9 @@ def _train_experts(args, model, joint_guide, train, val, test, out: Path, device
     variants = ["gaussian", "flow"] + (["shared"] if args.model == "jnf-shared" else [])
     projectors = None
     if "shared" in variants:
-        # Projectors are deterministic given the seed; on resume they are retrained and then replaced
-        # by the weights stored in the finished 'experts_shared' checkpoint, if there is one.
+        # Stage 0 of JNF-Shared, the fit stage 'projectors' (checkpointed like every stage): --resume
+        # continues an interrupted stage and loads a finished one without retraining it. The
+        # projectors end frozen; the 'experts_shared' stage stores them again inside its guide.
         projectors = toy.build_projectors().to(device)
         train_projectors(
             projectors,
@@ -252,6 +264,10 @@ def _train_experts(args, model, joint_guide, train, val, test, out: Path, device
             batch_size=256,
             seed=args.seed,
             progress=not args.no_progress,
+            run_dir=out,
+            stage="projectors",
+            resume=args.resume,
+            device=device,
         )
     experts = {}
     for variant in variants:

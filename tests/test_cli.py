@@ -1,10 +1,14 @@
 """The pyro-mmvae command at small size: train (joint, JNF-Shared), resume, sample, errors."""
 
 import json
+import warnings
 
 import pytest
+import torch
 
 from pyro_mmvae.cli import main
+from pyro_mmvae.infer.shared_info import SharedInfoLoss
+from pyro_mmvae.infer.subset_posterior import ImproperPosteriorWarning
 
 SMALL = ["--train-size", "256", "--val-size", "128", "--test-size", "128", "--batch-size", "64", "--no-progress"]
 
@@ -44,15 +48,39 @@ def test_train_joint_writes_a_complete_run_folder(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["train"]["epochs_run"] == 2
 
 
-def test_jnf_shared_then_sample(tmp_path):
+def test_jnf_shared_then_resume_then_sample(tmp_path, monkeypatch):
     out = tmp_path / "jnf"
     args = ["train", "--model", "jnf-shared", "--epochs", "1", "--projector-epochs", "1", "--out", str(out), *SMALL]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["cross_coherence"]) == {"gaussian", "flow", "shared"}
     assert (out / "expert_posteriors.png").exists()
+    for stage in ("joint", "projectors", "experts_gaussian", "experts_flow", "experts_shared"):
+        assert (out / stage / "checkpoint.pt").exists(), stage
+    # --resume of the finished run: every stage is loaded, the projectors are not retrained.
+    checkpoint = out / "projectors" / "checkpoint.pt"
+    data, stamp = checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns
+    steps = []
+    original = SharedInfoLoss.differentiable_loss
+    monkeypatch.setattr(
+        SharedInfoLoss, "differentiable_loss", lambda self, *a, **k: steps.append(1) or original(self, *a, **k)
+    )
+    assert main([*args, "--resume"]) == 0
+    assert not steps
+    assert checkpoint.read_bytes() == data and checkpoint.stat().st_mtime_ns == stamp
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["cross_coherence"] == metrics["cross_coherence"]  # same projectors and experts, same seed
+    for key in ("test_elbo", "joint_coherence"):  # evaluation draws are reseeded, resumed or not
+        assert resumed[key] == metrics[key], key
     assert main(["sample", "--run", str(out), "--given", "square", "--count", "4"]) == 0
     assert (out / "samples" / "samples_square.png").exists()
+    # the subset posterior by MCMC; after one epoch some targets may be improper: warn, do not stop
+    mcmc = ["sample", "--run", str(out), "--given", "square,circle", "--method", "mcmc", "--count", "3"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImproperPosteriorWarning)
+        assert main([*mcmc, "--num-samples", "4", "--warmup", "30", "--improper", "warn"]) == 0
+    saved = torch.load(out / "samples" / "samples_square+circle-mcmc.pt", weights_only=True)
+    assert saved["method"] == "mcmc" and saved["z"].shape == (4, 3, 2)
     with pytest.raises(SystemExit, match="unknown modality"):
         main(["sample", "--run", str(out), "--given", "triangle"])
 

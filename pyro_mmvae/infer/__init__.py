@@ -10,7 +10,14 @@ from .jnf import JNFLoss
 from .masked import TCELBO, MaskedELBO, MixtureELBO
 from .masks import MaskSampler, make_mask_sampler
 from .schedules import Constant, CosineLR, LinearAnnealing, Schedule, StepLR
-from .shared_info import canonical_correlations, dcca_loss, info_nce_loss, pairwise_loss, train_projectors
+from .shared_info import (
+    SharedInfoLoss,
+    canonical_correlations,
+    dcca_loss,
+    info_nce_loss,
+    pairwise_loss,
+    train_projectors,
+)
 from .subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, SubsetPosterior, improper_points
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "MaskedELBO",
     "JNFLoss",
     "train_projectors",
+    "SharedInfoLoss",
     "dcca_loss",
     "info_nce_loss",
     "canonical_correlations",

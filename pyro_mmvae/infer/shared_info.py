@@ -23,8 +23,17 @@ with u_i = H1_i/‖H1_i‖, v_i = H2_i/‖H2_i‖ and s_ij = u_i·v_j / τ, the 
 (the mean of the two directions; the paper's sum of the two only doubles it).
 
 Missing modalities: a pair's loss uses only the rows where both modalities are present; a pair
-with fewer than two such rows is skipped. :func:`train_projectors` trains the projectors with
-either objective and then freezes them.
+with fewer than two such rows (``min_rows``) is skipped.
+
+Training is one checkpointed, resumable stage of :func:`~pyro_mmvae.infer.fit.fit`:
+:class:`SharedInfoLoss` is the objective as a trainer loss, with the projectors (a name → module
+``nn.ModuleDict``) as the trained "guide" and an empty module as the "model"::
+
+    fit(nn.Module(), projectors, data, elbo=SharedInfoLoss("dcca"), epochs=5, batch_size=256,
+        params=projectors, train_mode_modules=[projectors], run_dir=run, stage="projectors", resume=True)
+
+:func:`train_projectors` is that call plus input checks and :func:`~pyro_mmvae.nn.projectors.freeze`
+of the projectors afterwards.
 """
 
 from __future__ import annotations
@@ -35,10 +44,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from ..data.dataset import iterate_batches, num_batches
+from ..data.batch import MultimodalBatch
 from ..nn.projectors import freeze
+from .elbo import LossELBO
+from .fit import fit
 
 OBJECTIVES = ("dcca", "contrastive")
 
@@ -109,6 +119,7 @@ def pairwise_loss(
     ridge: float = 1e-3,
     eps: float = 1e-9,
     temperature: float = 0.1,
+    min_rows: int = 2,
 ) -> torch.Tensor | None:
     """Sum over pairs of modalities of the objective on the rows where both are present.
 
@@ -116,11 +127,14 @@ def pairwise_loss(
         features: name → ``(n, k)`` projections.
         present: optional name → bool ``(n,)``; default: every row present.
         objective: ``"dcca"`` or ``"contrastive"``.
+        min_rows: a pair with fewer common rows is skipped (>= 2: neither objective is defined on one row).
 
-    Returns the summed loss, or ``None`` when no pair has two common rows.
+    Returns the summed loss, or ``None`` when no pair has ``min_rows`` common rows.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
+        raise ValueError(f"min_rows must be an integer >= 2, got {min_rows!r}")
     names = list(features)
     if len(names) < 2:
         raise ValueError(f"need at least two modalities to share information, got {names}")
@@ -131,7 +145,7 @@ def pairwise_loss(
             both = present[a] & present[b]
             if not bool(both.all()):
                 ha, hb = ha[both], hb[both]
-        if ha.shape[0] < 2:
+        if ha.shape[0] < min_rows:
             continue
         if objective == "dcca":
             term = dcca_loss(ha, hb, top_k, ridge, eps)
@@ -139,6 +153,107 @@ def pairwise_loss(
             term = info_nce_loss(ha, hb, temperature)
         total = term if total is None else total + term
     return total
+
+
+def _as_projectors(guide) -> dict[str, nn.Module]:
+    if isinstance(guide, nn.ModuleDict | Mapping):
+        return dict(guide.items())
+    raise TypeError(
+        "SharedInfoLoss trains projectors: pass them as the guide, a name → module mapping (nn.ModuleDict), "
+        f"got {type(guide).__name__}"
+    )
+
+
+class SharedInfoLoss(LossELBO):
+    """The projector objective of JNF-Shared (stage 0) as a trainer loss.
+
+    Per batch: Σ over pairs (a, b) of the projectors' modalities of the DCCA or InfoNCE loss of
+    ``(g_a(x_a), g_b(x_b))`` on the rows where both are present (:func:`pairwise_loss`). It is a
+    batch-level objective (covariances, negatives), not a mean of per-data-point terms; a trainer's
+    batch-size-weighted epoch mean of it is still a fair progress measure.
+
+    Design (as :class:`~pyro_mmvae.infer.jnf.JNFLoss`): the trainer calls
+    ``differentiable_loss(model, guide, batch, beta=...)`` with the module being trained as
+    ``guide``; here that is the projectors themselves, a name → module mapping (``nn.ModuleDict``)
+    with modules ``(B, *shape) → (B, k)``. ``model`` and ``beta`` do not enter the objective (``fit``
+    needs a model: pass an empty ``nn.Module()``, which keeps checkpoints to the projectors). The
+    loss holds no modules, so the projectors have one owner and checkpoints hold them once.
+
+    A batch in which no pair has ``min_rows`` common rows contributes the empty sum 0, returned as
+    a fresh leaf tensor that requires grad: back-propagating it gives no parameter a gradient, so
+    the optimizer skips the step (Adam leaves parameters without gradient untouched).
+
+    Args:
+        objective: ``"dcca"`` or ``"contrastive"``.
+        top_k, ridge, eps: DCCA options (see :func:`dcca_loss`).
+        temperature: InfoNCE τ (see :func:`info_nce_loss`).
+        min_rows: skip a pair with fewer common rows in the batch (>= 2).
+        weight_decay: adds ½·wd·Σ‖θ‖² over the projector parameters that require grad; its gradient
+            wd·θ is what ``torch.optim.Adam(weight_decay=wd)`` adds, so training with it equals
+            Adam's (coupled) weight decay. The penalty is part of the loss value. Default 0.
+    """
+
+    def __init__(
+        self,
+        objective: str = "dcca",
+        top_k: int | None = None,
+        ridge: float = 1e-3,
+        eps: float = 1e-9,
+        temperature: float = 0.1,
+        min_rows: int = 2,
+        weight_decay: float = 0.0,
+    ):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+        if top_k is not None and int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
+            raise ValueError(f"min_rows must be an integer >= 2, got {min_rows!r}")
+        if not float(weight_decay) >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(num_particles=1)
+        self.objective = objective
+        self.top_k = None if top_k is None else int(top_k)
+        self.ridge, self.eps, self.temperature = float(ridge), float(eps), float(temperature)
+        self.min_rows = min_rows
+        self.weight_decay = float(weight_decay)
+
+    @staticmethod
+    def features(projectors, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
+        """name → ``(B, k)`` projections ``g_j(x_j)`` of every row (missing rows too; the loss masks them)."""
+        projectors = _as_projectors(projectors)
+        if len(projectors) < 2:
+            raise ValueError(f"need projectors for at least two modalities, got {list(projectors)}")
+        missing = [n for n in projectors if n not in batch.data]
+        if missing:
+            raise KeyError(f"projectors given for modalities {missing} that the batch lacks ({list(batch.data)})")
+        return {n: g(batch.data[n]) for n, g in projectors.items()}
+
+    def differentiable_loss(self, model, guide, batch: MultimodalBatch, beta: float = 1.0, **unused) -> torch.Tensor:
+        """The summed pairwise loss of ``batch``, a scalar with gradients into the projectors ``guide``.
+
+        ``model`` is never used; ``beta`` and other trainer keywords do not enter the objective.
+        """
+        feats = self.features(guide, batch)
+        loss = pairwise_loss(
+            feats,
+            {n: batch.present[n] for n in feats},
+            self.objective,
+            self.top_k,
+            self.ridge,
+            self.eps,
+            self.temperature,
+            self.min_rows,
+        )
+        if loss is None:  # no pair shares min_rows rows: the empty sum, with no path to any parameter
+            return torch.zeros((), device=batch.device, requires_grad=True)
+        if self.weight_decay > 0:
+            params = {id(p): p for g in _as_projectors(guide).values() for p in g.parameters() if p.requires_grad}
+            if params:
+                loss = loss + 0.5 * self.weight_decay * sum(p.square().sum() for p in params.values())
+        return loss
 
 
 def train_projectors(
@@ -154,22 +269,35 @@ def train_projectors(
     ridge: float = 1e-3,
     temperature: float = 0.1,
     weight_decay: float = 0.0,
+    *,
+    run_dir=None,
+    stage: str = "projectors",
+    resume: bool = False,
+    device=None,
 ) -> list[float]:
-    """Train projectors g_j jointly with DCCA or contrastive learning, then freeze them.
+    """Train projectors g_j jointly with DCCA or contrastive learning (one ``fit`` stage), then freeze them.
 
     Args:
-        projectors: name → module ``(B, *shape) → (B, k)`` for at least two modalities of ``dataset``.
-        dataset: a :class:`~pyro_mmvae.data.MultimodalDataset` (or anything ``iterate_batches`` reads).
+        projectors: name → module ``(B, *shape) → (B, k)`` for at least two modalities of ``dataset``
+            (an ``nn.ModuleDict``, or a dict of modules: trained in place either way).
+        dataset: a :class:`~pyro_mmvae.data.MultimodalDataset` (anything :func:`~pyro_mmvae.infer.fit.fit`
+            accepts as ``train_data`` and that has ``names``).
         objective: ``"dcca"`` or ``"contrastive"``.
-        epochs, batch_size, lr, weight_decay: Adam training schedule. The last incomplete batch is
-            dropped when the dataset holds at least one full batch (DCCA needs many rows per batch).
-        seed: fixes the batch order of every epoch.
-        progress: show a tqdm bar.
+        epochs, batch_size, lr, weight_decay: Adam training schedule (``fit``'s batching: every row
+            is used each epoch, the last batch may be smaller; see :class:`SharedInfoLoss` for the
+            weight decay).
+        seed: ``fit``'s seed: the batch order of every epoch, and the global RNGs at the start of a
+            fresh run.
+        progress: show ``fit``'s progress bar.
         top_k, ridge: DCCA options (see :func:`dcca_loss`); temperature: InfoNCE τ.
+        run_dir, stage: checkpoint the stage under ``<run_dir>/<stage>/`` (``None``: write nothing).
+        resume: continue ``<run_dir>/<stage>`` from its checkpoint; a finished stage is loaded, not retrained.
+        device: where to train; default: the device of the projectors' parameters.
 
     Returns:
-        the mean training loss of each epoch (``epochs`` floats). The projectors end frozen
-        (eval mode, ``requires_grad=False``).
+        the mean training loss of each epoch (``fit``'s ``train_loss`` history: ``epochs`` floats,
+        also on the resume of a finished stage). The projectors end frozen (eval mode,
+        ``requires_grad=False``).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
@@ -179,37 +307,27 @@ def train_projectors(
     missing = [n for n in names if n not in dataset.names]
     if missing:
         raise KeyError(f"projectors given for modalities {missing} that the dataset lacks ({dataset.names})")
-    params = list({id(p): p for n in names for p in projectors[n].parameters()}.values())
-    if not params:
+    module = projectors if isinstance(projectors, nn.ModuleDict) else nn.ModuleDict(dict(projectors))
+    first = next(module.parameters(), None)
+    if first is None:
         raise ValueError("the projectors have no parameters to train")
+    result = fit(
+        nn.Module(),  # the objective has no generative model; an empty one keeps checkpoints to the projectors
+        module,
+        dataset,
+        elbo=SharedInfoLoss(objective, top_k=top_k, ridge=ridge, temperature=temperature, weight_decay=weight_decay),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        params=module,
+        train_mode_modules=[module],
+        run_dir=run_dir,
+        stage=stage,
+        resume=resume,
+        seed=seed,
+        device=first.device if device is None else device,
+        progress=progress,
+    )
     for n in names:
-        projectors[n].requires_grad_(True)
-        projectors[n].train(True)
-    device = params[0].device
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    drop_last = len(dataset) >= batch_size
-    steps = num_batches(dataset, batch_size, drop_last)
-    history: list[float] = []
-    with tqdm(total=epochs * steps, desc=f"projectors ({objective})", disable=not progress) as bar:
-        for epoch in range(epochs):
-            total, count = 0.0, 0
-            for batch in iterate_batches(
-                dataset, batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=drop_last
-            ):
-                batch = batch.to(device)
-                feats = {n: projectors[n](batch.data[n]) for n in names}
-                loss = pairwise_loss(
-                    feats, {n: batch.present[n] for n in names}, objective, top_k, ridge, temperature=temperature
-                )
-                bar.update(1)
-                if loss is None:  # no pair shares two rows in this batch
-                    continue
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total, count = total + loss.item(), count + 1
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            history.append(total / count if count else float("nan"))
-    for n in names:
-        freeze(projectors[n])
-    return history
+        freeze(module[n])
+    return result.train_loss
