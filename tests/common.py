@@ -28,3 +28,11 @@ def small_batch(batch_size: int = 6, seed: int = 0, present: dict | None = None)
         "c": torch.randint(0, 3, (batch_size,), generator=g),
     }
     return MultimodalBatch(data, dict(present or {}))
+
+
+def assert_finite_nonzero_grads(params) -> None:
+    """Some of ``params`` received a gradient, every gradient is finite and not all of them are zero."""
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads, "no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().max() > 0 for g in grads)

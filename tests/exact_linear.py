@@ -30,6 +30,18 @@ def _param(x: torch.Tensor, learn: bool):
     return nn.Parameter(x) if learn else x
 
 
+def _standard_normal(dim: int, batch_size: int):
+    """N(0, I_dim) with batch ``(batch_size,)``, event ``(dim,)``."""
+    return dist.Normal(torch.zeros(dim, dtype=DTYPE), 1.0).to_event(1).expand([batch_size])
+
+
+def draw_data(lg: LinearGaussian, n: int, seed: int = 1) -> torch.Tensor:
+    """``n`` draws ``(n, Dx)`` of x = W z + b + √v ε from ``lg`` (z, ε standard normal, in that order)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, lg.latent_dim, generator=g, dtype=DTYPE)
+    return z @ lg.W.T + lg.b + lg.noise_var.sqrt() * torch.randn(n, lg.data_dim, generator=g, dtype=DTYPE)
+
+
 class LinearVAE(PyroModule):
     """Shared-latent linear-Gaussian model. ``dims``: name → D_s; ``sigma``: name → σ_s."""
 
@@ -55,16 +67,21 @@ class LinearVAE(PyroModule):
     def likelihood_dist(self, name, z):
         return dist.Normal(z @ self.W[name].T + self.b[name], self.sigma[name]).to_event(1)
 
+    def sample_latents(self, batch_size: int) -> dict:
+        """Samples every latent site from its standard-normal prior: ``{"z": (B, D)}``."""
+        return {"z": pyro.sample("z", _standard_normal(self.latent_dim, batch_size))}
+
+    def latents_of(self, name: str, latents: dict) -> tuple:
+        """The latents that modality ``name``'s likelihood reads, as arguments of :meth:`likelihood_dist`."""
+        return (latents["z"],)
+
     def forward(self, batch: MultimodalBatch, beta: float = 1.0):
-        b = batch.batch_size
-        with pyro.plate("data", b):
+        with pyro.plate("data", batch.batch_size):
             with poutine.scale(scale=beta):
-                z = pyro.sample(
-                    "z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
-                )
+                latents = self.sample_latents(batch.batch_size)
             for n in self.names:
                 with poutine.mask(mask=batch.present[n]):
-                    pyro.sample(f"x_{n}", self.likelihood_dist(n, z), obs=batch.data[n])
+                    pyro.sample(f"x_{n}", self.likelihood_dist(n, *self.latents_of(n, latents)), obs=batch.data[n])
 
     # -- analytic side
     def latent_blocks(self) -> dict:
@@ -81,10 +98,7 @@ class LinearVAE(PyroModule):
         return torch.cat([masks[n].unsqueeze(-1).expand(-1, d) for n, d in self.dims.items()], -1)
 
     def sample(self, batch_size: int, seed: int = 1, present: dict | None = None) -> MultimodalBatch:
-        g = torch.Generator().manual_seed(seed)
-        lg = self.as_linear_gaussian()
-        z = torch.randn(batch_size, lg.latent_dim, generator=g, dtype=DTYPE)
-        x = z @ lg.W.T + lg.b + lg.noise_var.sqrt() * torch.randn(batch_size, lg.data_dim, generator=g, dtype=DTYPE)
+        x = draw_data(self.as_linear_gaussian(), batch_size, seed)
         data, start = {}, 0
         for n, d in self.dims.items():
             data[n] = x[:, start : start + d].clone()
@@ -106,23 +120,18 @@ class PrivateLinearVAE(LinearVAE):
         for n, d in dims.items():
             self.V[n] = _param(torch.randn(d, private_dim, generator=g, dtype=DTYPE), learn)
 
-    def forward(self, batch: MultimodalBatch, beta: float = 1.0):
-        b = batch.batch_size
-        with pyro.plate("data", b):
-            with poutine.scale(scale=beta):
-                z = pyro.sample(
-                    "z", dist.Normal(torch.zeros(self.latent_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
-                )
-                w = {
-                    n: pyro.sample(
-                        f"w_{n}", dist.Normal(torch.zeros(self.private_dim, dtype=DTYPE), 1.0).to_event(1).expand([b])
-                    )
-                    for n in self.names
-                }
-            for n in self.names:
-                loc = z @ self.W[n].T + w[n] @ self.V[n].T + self.b[n]
-                with poutine.mask(mask=batch.present[n]):
-                    pyro.sample(f"x_{n}", dist.Normal(loc, self.sigma[n]).to_event(1), obs=batch.data[n])
+    def likelihood_dist(self, name, z, w):
+        return dist.Normal(z @ self.W[name].T + w @ self.V[name].T + self.b[name], self.sigma[name]).to_event(1)
+
+    def sample_latents(self, batch_size: int) -> dict:
+        """``{"z": (B, D′), "w_<name>": (B, P) for every modality}``, each from its standard-normal prior."""
+        latents = super().sample_latents(batch_size)
+        for n in self.names:
+            latents[f"w_{n}"] = pyro.sample(f"w_{n}", _standard_normal(self.private_dim, batch_size))
+        return latents
+
+    def latents_of(self, name: str, latents: dict) -> tuple:
+        return latents["z"], latents[f"w_{name}"]
 
     def latent_blocks(self) -> dict:
         out, start = {"z": slice(0, self.latent_dim)}, self.latent_dim
@@ -198,6 +207,29 @@ class ExactGuide(PyroModule):
         return z
 
 
+# ---------------------------------------------------------------------------------------------- fixtures
+DIMS = {"a": 3, "b": 2, "c": 4}
+"""Three modalities of different sizes: the data dimensions of the models built by :func:`make_exact`."""
+
+PRESENT = {
+    "a": torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool),
+    "b": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool),
+    "c": torch.tensor([1, 1, 0, 0, 1, 1], dtype=torch.bool),
+}
+"""Presence in 6 rows of the modalities of :data:`DIMS`: rows 0 and 5 full, 1 and 2 two modalities, 3 and 4 one."""
+
+
+def make_exact(kind: str = "shared", *, batch_size: int, seed: int, present: dict | None = None, learn: bool = False):
+    """``(model, guide, batch)``: a :class:`LinearVAE` (``kind="shared"``, D = 2) or :class:`PrivateLinearVAE`
+    (``kind="private"``, D′ = P = 2) over :data:`DIMS`, its :class:`ExactGuide` and ``batch_size`` rows
+    sampled from the model with ``seed`` and ``present``."""
+    if kind == "shared":
+        model = LinearVAE(DIMS, latent_dim=2, learn=learn)
+    else:
+        model = PrivateLinearVAE(DIMS, latent_dim=2, private_dim=2, learn=learn)
+    return model, ExactGuide(model), model.sample(batch_size, seed=seed, present=present)
+
+
 # ---------------------------------------------------------------------------------------------- closed forms
 def log_marginal(model: LinearVAE, batch: MultimodalBatch, masks: dict) -> torch.Tensor:
     """log p(x_S) per row (0 where S = ∅), ``(B,)``."""
@@ -226,6 +258,21 @@ def expected_log_lik(model: LinearVAE, batch, masks_eval: dict, mean, cov) -> to
     quad = (x - pred) ** 2 + torch.einsum("ik,bkl,il->bi", lg.W, cov, lg.W)
     per_coord = -0.5 * (torch.log(2 * torch.pi * lg.noise_var) + quad / lg.noise_var)
     return torch.where(keep, per_coord, torch.zeros_like(per_coord)).sum(-1)
+
+
+def expected_bound(model: LinearVAE, batch, beta: float, masks_eval: dict, masks_q: dict, masks_ref=None):
+    """E_{p(·|x_q)}[Σ_{s∈eval} log p(x_s | latents)] − β KL(p(·|x_q) ‖ p(·|x_ref)) per row, ``(B,)``.
+
+    ``masks_*`` are per-row subsets ``{name: (B,)}``; ``masks_ref=None`` compares with the prior p(·).
+    """
+    mean_q, cov_q = posterior_moments(model, batch, masks_q)
+    if masks_ref is None:
+        mean_ref, cov_ref = prior_moments(model, batch.batch_size)
+    else:
+        mean_ref, cov_ref = posterior_moments(model, batch, masks_ref)
+    return expected_log_lik(model, batch, masks_eval, mean_q, cov_q) - beta * gaussian_kl(
+        mean_q, cov_q, mean_ref, cov_ref
+    )
 
 
 def gaussian_kl(mean_p, cov_p, mean_q, cov_q) -> torch.Tensor:

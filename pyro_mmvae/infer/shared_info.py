@@ -62,6 +62,35 @@ def _check_pair(h1: torch.Tensor, h2: torch.Tensor) -> None:
         raise ValueError(f"need at least 2 rows to compare two views, got {h1.shape[0]}")
 
 
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+
+def _check_min_rows(min_rows: int) -> None:
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
+        raise ValueError(f"min_rows must be an integer >= 2, got {min_rows!r}")
+
+
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None and int(top_k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _check_projector_names(names: list, available, source: str) -> None:
+    """At least two projectors, each for a modality that ``source`` (the batch or dataset, with ``available``) has."""
+    if len(names) < 2:
+        raise ValueError(f"need projectors for at least two modalities, got {names}")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise KeyError(f"projectors given for modalities {missing} that the {source} lacks ({available})")
+
+
 def inverse_sqrt(cov: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
     """Σ^{-1/2} of a symmetric PSD matrix by eigendecomposition; eigenvalues < ``eps`` are dropped."""
     evals, evecs = torch.linalg.eigh(cov)
@@ -93,8 +122,7 @@ def dcca_loss(
     """−(sum of the ``top_k`` largest canonical correlations); ``top_k=None``: all of them (−trace √(TᵀT))."""
     corr = canonical_correlations(h1, h2, ridge, eps)
     if top_k is not None:
-        if int(top_k) < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        _check_top_k(top_k)
         corr = corr[: int(top_k)]
     return -corr.sum().to(h1.dtype)
 
@@ -102,8 +130,7 @@ def dcca_loss(
 def info_nce_loss(h1: torch.Tensor, h2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """Symmetric InfoNCE on cosine similarity (mean over rows and over the two directions)."""
     _check_pair(h1, h2)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     if h1.shape[1] != h2.shape[1]:
         raise ValueError(f"cosine similarity needs projections of equal size, got {h1.shape[1]} and {h2.shape[1]}")
     logits = F.normalize(h1, dim=-1) @ F.normalize(h2, dim=-1).T / temperature
@@ -131,10 +158,8 @@ def pairwise_loss(
 
     Returns the summed loss, or ``None`` when no pair has ``min_rows`` common rows.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
-    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
-        raise ValueError(f"min_rows must be an integer >= 2, got {min_rows!r}")
+    _check_objective(objective)
+    _check_min_rows(min_rows)
     names = list(features)
     if len(names) < 2:
         raise ValueError(f"need at least two modalities to share information, got {names}")
@@ -203,14 +228,10 @@ class SharedInfoLoss(LossELBO):
         min_rows: int = 2,
         weight_decay: float = 0.0,
     ):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
-        if top_k is not None and int(top_k) < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 2:
-            raise ValueError(f"min_rows must be an integer >= 2, got {min_rows!r}")
+        _check_objective(objective)
+        _check_top_k(top_k)
+        _check_temperature(temperature)
+        _check_min_rows(min_rows)
         if not float(weight_decay) >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(num_particles=1)
@@ -224,11 +245,7 @@ class SharedInfoLoss(LossELBO):
     def features(projectors, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
         """name → ``(B, k)`` projections ``g_j(x_j)`` of every row (missing rows too; the loss masks them)."""
         projectors = _as_projectors(projectors)
-        if len(projectors) < 2:
-            raise ValueError(f"need projectors for at least two modalities, got {list(projectors)}")
-        missing = [n for n in projectors if n not in batch.data]
-        if missing:
-            raise KeyError(f"projectors given for modalities {missing} that the batch lacks ({list(batch.data)})")
+        _check_projector_names(list(projectors), list(batch.data), "batch")
         return {n: g(batch.data[n]) for n, g in projectors.items()}
 
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, beta: float = 1.0, **unused) -> torch.Tensor:
@@ -299,14 +316,9 @@ def train_projectors(
         also on the resume of a finished stage). The projectors end frozen (eval mode,
         ``requires_grad=False``).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    _check_objective(objective)
     names = list(projectors)
-    if len(names) < 2:
-        raise ValueError(f"need projectors for at least two modalities, got {names}")
-    missing = [n for n in names if n not in dataset.names]
-    if missing:
-        raise KeyError(f"projectors given for modalities {missing} that the dataset lacks ({dataset.names})")
+    _check_projector_names(names, dataset.names, "dataset")
     module = projectors if isinstance(projectors, nn.ModuleDict) else nn.ModuleDict(dict(projectors))
     first = next(module.parameters(), None)
     if first is None:

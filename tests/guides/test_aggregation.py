@@ -2,6 +2,7 @@
 modalities in the permuted order (same weights, loaded by name) and on a batch by reordering its
 modality dict; the stacked features then appear in the permuted order along the set axis."""
 
+import functools
 import itertools
 import math
 
@@ -28,10 +29,18 @@ from pyro_mmvae.guides.aggregation import (
 )
 from pyro_mmvae.infer.elbo import BetaELBO
 from pyro_mmvae.models.multimodal_vae import MultimodalVAE
-from tests.common import small_batch, small_modalities
+from tests.common import assert_finite_nonzero_grads, small_batch, small_modalities
+from tests.guides.common import (
+    NAMES,
+    SET,
+    assert_same_q,
+    build_guide,
+    guide_batch_and_subset,
+    permuted_batch,
+    row_masks,
+)
 
 D = 3
-SET = dict(feature_dim=8, hidden=(8,), width=8)
 BUILDERS = {
     "poe": lambda mods: PoEGuide(mods, D, hidden=(8,)),
     "poe-paper": lambda mods: PoEGuide(mods, D, hidden=(8,), poe_mean="paper"),
@@ -46,39 +55,10 @@ BUILDERS = {
     "selfattention-mixture": lambda mods: SelfAttentionMixtureGuide(mods, D, num_components=3, dim=8, **SET),
 }
 KINDS = list(BUILDERS)
-NAMES = ["a", "b", "c"]
 
 
-def _modality_of_key(key):
-    """The modality a state-dict key belongs to (``encoders.encoders.<name>.…``), else None."""
-    parts = key.split(".")
-    return parts[2] if parts[:2] == ["encoders", "encoders"] else None
-
-
-def _build(kind, names=NAMES, like=None):
-    mods = {m.name: m for m in small_modalities()}
-    guide = BUILDERS[kind]([mods[n] for n in names])
-    if like is not None:
-        # Same weights by modality name; drop the encoders of modalities this guide lacks.
-        state = {k: v for k, v in like.state_dict().items() if _modality_of_key(k) in (None, *names)}
-        guide.load_state_dict(state)
-    return guide
-
-
-def _row_masks(b=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    masks = {n: torch.rand(b, generator=g) > 0.5 for n in NAMES}
-    for n in NAMES:  # row 0 empty, row 1 full, row 2 only "b"
-        masks[n][0], masks[n][1], masks[n][2] = False, True, n == "b"
-    return masks
-
-
-def _assert_same_q(q1, q2, z=None, atol=1e-5):
-    assert q1.batch_shape == q2.batch_shape and q1.event_shape == q2.event_shape
-    if z is None:
-        z = torch.cat([q1.sample((3,)), torch.randn(2, *q1.batch_shape, *q1.event_shape)])
-    torch.testing.assert_close(q1.log_prob(z), q2.log_prob(z), atol=atol, rtol=1e-5)
-    torch.testing.assert_close(q1.mean, q2.mean, atol=atol, rtol=1e-5)
+_build = functools.partial(build_guide, BUILDERS)
+_scene = functools.partial(guide_batch_and_subset, BUILDERS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -96,16 +76,13 @@ def test_posterior_shapes_and_forward_site(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_permutation_invariance(kind):
-    guide = _build(kind)
-    batch = small_batch(8)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
     q = guide.posterior(batch, subset)
     z = torch.cat([q.sample((3,)), torch.randn(2, 8, D)])
     for perm in itertools.permutations(NAMES):
         permuted_guide = _build(kind, list(perm), like=guide)
         assert permuted_guide.names == list(perm)
-        permuted_batch = MultimodalBatch({n: batch.data[n] for n in perm}, {n: batch.present[n] for n in perm})
-        _assert_same_q(permuted_guide.posterior(permuted_batch, subset), q, z)
+        assert_same_q(permuted_guide.posterior(permuted_batch(batch, perm), subset), q, z)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -116,8 +93,8 @@ def test_masking_a_modality_equals_leaving_it_out(kind):
     q_subset = guide.posterior(batch, ["a", "c"])
     small = _build(kind, ["a", "c"], like=guide)
     q_small = small.posterior(batch.select(["a", "c"]))
-    _assert_same_q(q_missing, q_subset)
-    _assert_same_q(q_missing, q_small)
+    assert_same_q(q_missing, q_subset)
+    assert_same_q(q_missing, q_small)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,14 +108,12 @@ def test_missing_inputs_are_zeroed_before_encoding(kind):
     q_nan = guide.posterior(MultimodalBatch(nan_data, dict(batch.present, a=present)))
     q_zero = guide.posterior(MultimodalBatch(zero_data, dict(batch.present, a=present)))
     assert torch.isfinite(q_nan.mean).all()
-    _assert_same_q(q_nan, q_zero)
+    assert_same_q(q_nan, q_zero)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_row_subsets_equal_row_by_row_evaluation(kind):
-    guide = _build(kind)
-    batch = small_batch(8)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
     q = guide.posterior(batch, subset)
     z = torch.randn(2, 8, D)
     lp = q.log_prob(z)
@@ -160,9 +135,8 @@ def _expected_empty_q(guide):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_subset_gives_the_documented_q(kind):
-    guide = _build(kind)
-    batch, other = small_batch(8), small_batch(8, seed=3)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
+    other = small_batch(8, seed=3)
     z = torch.randn(4, 1, D)
     expected = _expected_empty_q(guide).log_prob(z[:, 0])
     for b in (batch, other):
@@ -176,7 +150,7 @@ def test_empty_subset_gives_the_documented_q(kind):
 def test_poe_guide_matches_the_closed_form(mean):
     guide = PoEGuide(small_modalities(), D, hidden=(8,), poe_mean=mean)
     batch = small_batch(6)
-    subset = _row_masks(6)
+    subset = row_masks(6)
     q = guide.posterior(batch, subset)
     mask = batch.stacked_mask(subset, NAMES)
     for i in range(6):
@@ -195,7 +169,7 @@ def test_poe_guide_matches_the_closed_form(mean):
 def test_moe_guide_log_prob_matches_hand_computation():
     guide = MoEGuide(small_modalities(), D, hidden=(8,))
     batch = small_batch(6)
-    subset = _row_masks(6)
+    subset = row_masks(6)
     q = guide.posterior(batch, subset)
     z = torch.randn(6, D)
     mask = batch.stacked_mask(subset, NAMES)
@@ -233,11 +207,9 @@ def test_mixture_guide_log_prob_matches_hand_computation():
 @pytest.mark.parametrize("kind", ["moe", "mopoe", "sumpooling-mixture", "selfattention-mixture"])
 def test_mixture_samples_carry_pathwise_gradients(kind):
     guide = _build(kind)
-    q = guide.posterior(small_batch(6), _row_masks(6))
+    q = guide.posterior(small_batch(6), row_masks(6))
     q.rsample((4,)).pow(2).sum().backward()
-    grads = [p.grad for p in guide.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().max() > 0 for g in grads)
+    assert_finite_nonzero_grads(guide.parameters())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -255,15 +227,13 @@ def test_elbo_gradients_are_finite_when_rows_keep_one_modality(kind):
         loss = BetaELBO(num_particles=2, stl=True).differentiable_loss(model, guide, batch, subset=sub)
         loss.backward()
         assert torch.isfinite(loss)
-        grads = [p.grad for p in guide.parameters() if p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
-        assert any(g.abs().max() > 0 for g in grads)
+        assert_finite_nonzero_grads(guide.parameters())
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_stop_gradient_copy_exists_for_every_posterior(kind):
     guide = _build(kind)
-    q = guide.posterior(small_batch(4), _row_masks(4))
+    q = guide.posterior(small_batch(4), row_masks(4))
     qbar = detach_distribution(q)
     z = q.sample((2,))
     torch.testing.assert_close(qbar.log_prob(z), q.log_prob(z))

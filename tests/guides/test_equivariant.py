@@ -2,6 +2,7 @@
 modalities in the permuted order (same weights, loaded by name): the shared posterior must not
 change, and the private posterior of each modality must move with it (equivariance)."""
 
+import functools
 import itertools
 
 import pyro
@@ -9,7 +10,6 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_mmvae.data.batch import MultimodalBatch
 from pyro_mmvae.distributions.detach import detach_distribution
 from pyro_mmvae.guides.equivariant import (
     EquivariantPoEGuide,
@@ -18,46 +18,20 @@ from pyro_mmvae.guides.equivariant import (
 )
 from pyro_mmvae.infer.elbo import BetaELBO
 from pyro_mmvae.models.private import PrivateLatentVAE
-from tests.common import small_batch, small_modalities
+from tests.common import assert_finite_nonzero_grads, small_batch, small_modalities
+from tests.guides.common import NAMES, SET, assert_same_q, build_guide, guide_batch_and_subset, permuted_batch
 
 D, DP = 3, 2
-SET = dict(feature_dim=8, hidden=(8,), width=8)
 BUILDERS = {
     "poe": lambda mods: EquivariantPoEGuide(mods, D, DP, hidden=(8,)),
     "sumpooling": lambda mods: EquivariantSumPoolingGuide(mods, D, DP, pooled_dim=8, **SET),
     "selfattention": lambda mods: EquivariantSelfAttentionGuide(mods, D, DP, dim=8, num_layers=2, **SET),
 }
 KINDS = list(BUILDERS)
-NAMES = ["a", "b", "c"]
 
 
-def _modality_of_key(key):
-    """The modality a state-dict key belongs to (``[private_]encoders.encoders.<name>.…``), else None."""
-    parts = key.split(".")
-    return parts[2] if parts[0] in ("encoders", "private_encoders") and parts[1] == "encoders" else None
-
-
-def _build(kind, names=NAMES, like=None):
-    mods = {m.name: m for m in small_modalities()}
-    guide = BUILDERS[kind]([mods[n] for n in names])
-    if like is not None:
-        state = {k: v for k, v in like.state_dict().items() if _modality_of_key(k) in (None, *names)}
-        guide.load_state_dict(state)
-    return guide
-
-
-def _row_masks(b=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    masks = {n: torch.rand(b, generator=g) > 0.5 for n in NAMES}
-    for n in NAMES:  # row 0 empty, row 1 full, row 2 only "b"
-        masks[n][0], masks[n][1], masks[n][2] = False, True, n == "b"
-    return masks
-
-
-def _assert_same(q1, q2, z, atol=1e-5):
-    assert q1.batch_shape == q2.batch_shape and q1.event_shape == q2.event_shape
-    torch.testing.assert_close(q1.log_prob(z), q2.log_prob(z), atol=atol, rtol=1e-5)
-    torch.testing.assert_close(q1.mean, q2.mean, atol=atol, rtol=1e-5)
+_build = functools.partial(build_guide, BUILDERS)
+_scene = functools.partial(guide_batch_and_subset, BUILDERS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -77,9 +51,7 @@ def test_forward_samples_shared_and_private_sites(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_shared_invariance_and_private_equivariance(kind):
-    guide = _build(kind)
-    batch = small_batch(8)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
     q = guide.posterior(batch, subset)
     z = q.sample((2,))
     private = guide.private_posterior(batch, subset, z)
@@ -88,11 +60,11 @@ def test_shared_invariance_and_private_equivariance(kind):
     loc, _ = guide.private_params_from(enc, z)
     for perm in itertools.permutations(NAMES):
         pg = _build(kind, list(perm), like=guide)
-        pbatch = MultimodalBatch({n: batch.data[n] for n in perm}, {n: batch.present[n] for n in perm})
-        _assert_same(pg.posterior(pbatch, subset), q, z)
+        pbatch = permuted_batch(batch, perm)
+        assert_same_q(pg.posterior(pbatch, subset), q, z)
         permuted_private = pg.private_posterior(pbatch, subset, z)
         for n in NAMES:  # modality n's private posterior moves with n
-            _assert_same(permuted_private[n], private[n], w)
+            assert_same_q(permuted_private[n], private[n], w)
         # On the stacked axis: position j of the permuted guide holds modality perm[j].
         ploc, _ = pg.private_params_from(pg.encode(pbatch, subset), z)
         index = [NAMES.index(n) for n in perm]
@@ -103,9 +75,8 @@ def test_shared_invariance_and_private_equivariance(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_private_latents_outside_the_subset_come_from_the_prior(kind):
-    guide = _build(kind)
-    batch, other = small_batch(8), small_batch(8, seed=4)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
+    other = small_batch(8, seed=4)
     z = torch.randn(2, 8, D)
     w = 2 * torch.randn(2, 8, DP)
     prior_lp = torch.distributions.Normal(0.0, 1.0).log_prob(w).sum(-1)
@@ -136,20 +107,18 @@ def test_masking_a_modality_equals_leaving_it_out(kind):
     q_missing = guide.posterior(batch.with_missing(["b"]))
     q_small = small.posterior(batch.select(["a", "c"]))
     z = q_missing.sample((2,))
-    _assert_same(q_missing, q_small, z)
-    _assert_same(q_missing, guide.posterior(batch, ["a", "c"]), z)
+    assert_same_q(q_missing, q_small, z)
+    assert_same_q(q_missing, guide.posterior(batch, ["a", "c"]), z)
     w = torch.randn(2, 6, DP)
     p_missing = guide.private_posterior(batch.with_missing(["b"]), None, z)
     p_small = small.private_posterior(batch.select(["a", "c"]), None, z)
     for n in ("a", "c"):
-        _assert_same(p_missing[n], p_small[n], w)
+        assert_same_q(p_missing[n], p_small[n], w)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_row_subsets_equal_row_by_row_evaluation(kind):
-    guide = _build(kind)
-    batch = small_batch(8)
-    subset = _row_masks()
+    guide, batch, subset = _scene(kind)
     z, w = torch.randn(2, 8, D), torch.randn(2, 8, DP)
     lp = guide.posterior(batch, subset).log_prob(z)
     private = guide.private_posterior(batch, subset, z)
@@ -181,9 +150,7 @@ def test_elbo_with_private_model_has_finite_loss_and_gradients(kind):
         loss.backward()
         assert torch.isfinite(loss)
         for module in (guide, model):
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            assert grads and all(torch.isfinite(g).all() for g in grads)
-            assert any(g.abs().max() > 0 for g in grads)
+            assert_finite_nonzero_grads(module.parameters())
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -63,12 +63,19 @@ def interrupt_after(epoch):
 COMMON = dict(batch_size=32, lr=1e-2, progress=False)
 
 
+def fit_with_validation(**settings):
+    """A fresh :func:`linear_pair` fitted on ``linear_data()`` with ``linear_data(64, seed=1)`` as validation data
+    and the :data:`COMMON` settings; returns ``(model, guide, result)``."""
+    model, guide = linear_pair()
+    res = fit(model, guide, linear_data(), val_data=linear_data(64, seed=1), **COMMON, **settings)
+    return model, guide, res
+
+
 # ---------------------------------------------------------------------- learning
 
 
 def test_loss_decreases_on_linear_gaussian_data():
-    model, guide = linear_pair()
-    res = fit(model, guide, linear_data(), val_data=linear_data(64, seed=1), epochs=15, **COMMON)
+    _, _, res = fit_with_validation(epochs=15)
     assert res.epochs_run == 15 and res.steps == 15 * 4 and res.finished
     # the first epoch's loss is dominated by the σ = 0.1 reconstruction error of an untrained decoder
     assert res.train_loss[-1] < 0.2 * res.train_loss[0]
@@ -108,18 +115,12 @@ def test_progress_bar(capsys):
 
 
 def test_run_folder_layout_log_and_config(tmp_path):
-    model, guide = linear_pair()
-    res = fit(
-        model,
-        guide,
-        linear_data(),
-        val_data=linear_data(64, seed=1),
+    model, guide, res = fit_with_validation(
         epochs=4,
         beta=LinearAnnealing(0.25, 1.0, 2),
         lr_schedule=CosineLR(final_lr=1e-3),
         run_dir=tmp_path,
         stage="joint",
-        **COMMON,
     )
     stage = tmp_path / "joint"
     assert sorted(p.name for p in stage.iterdir()) == ["best.pt", "checkpoint.pt", "config.json", "log.csv"]
@@ -141,8 +142,7 @@ def test_run_folder_layout_log_and_config(tmp_path):
 
 
 def test_checkpoints_load_weights_only(tmp_path):
-    model, guide = linear_pair()
-    fit(model, guide, linear_data(), val_data=linear_data(64, seed=1), epochs=2, run_dir=tmp_path, **COMMON)
+    model, guide, _ = fit_with_validation(epochs=2, run_dir=tmp_path)
     ck = torch.load(tmp_path / "main" / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["finished"] and ck["step"] == 8
     assert set(ck) >= {"model", "guide", "optimizer", "lr_scheduler", "early_stopping", "history", "rng", "config"}
@@ -237,18 +237,9 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
-    model, guide = linear_pair()
     # min_delta so large that no epoch after the first counts as an improvement
-    res = fit(
-        model,
-        guide,
-        linear_data(),
-        val_data=linear_data(64, seed=1),
-        epochs=10,
-        early_stopping_patience=2,
-        early_stopping_min_delta=1e9,
-        run_dir=tmp_path,
-        **COMMON,
+    model, guide, res = fit_with_validation(
+        epochs=10, early_stopping_patience=2, early_stopping_min_delta=1e9, run_dir=tmp_path
     )
     assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
     assert res.best_val_loss == res.val_loss[0]
@@ -279,18 +270,7 @@ def test_early_stopping_on_a_real_plateau():
 
 
 def test_restore_best_false_keeps_last_weights(tmp_path):
-    model, guide = linear_pair()
-    fit(
-        model,
-        guide,
-        linear_data(),
-        val_data=linear_data(64, seed=1),
-        epochs=3,
-        early_stopping_min_delta=1e9,
-        restore_best=False,
-        run_dir=tmp_path,
-        **COMMON,
-    )
+    model, guide, _ = fit_with_validation(epochs=3, early_stopping_min_delta=1e9, restore_best=False, run_dir=tmp_path)
     ck = load_checkpoint(tmp_path / "main" / "checkpoint.pt")
     assert_states_equal([ck["model"], ck["guide"]], [model.state_dict(), guide.state_dict()])
 

@@ -1,5 +1,6 @@
 """Importance-sampled log-likelihoods against the exact marginals of linear-Gaussian models."""
 
+import functools
 import math
 
 import pyro
@@ -15,19 +16,9 @@ from pyro_mmvae.metrics.likelihood import (
     log_likelihood,
     log_weights,
 )
-from tests.exact_linear import ExactGuide, LinearVAE, PrivateLinearVAE, log_marginal
+from tests.exact_linear import PRESENT, ExactGuide, log_marginal, make_exact
 
-DIMS = {"a": 3, "b": 2, "c": 4}
-PRESENT = {
-    "a": torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool),
-    "b": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool),
-    "c": torch.tensor([1, 1, 0, 0, 1, 1], dtype=torch.bool),
-}
-
-
-def make(kind="shared"):
-    model = LinearVAE(DIMS, 2) if kind == "shared" else PrivateLinearVAE(DIMS, 2, 2)
-    return model, ExactGuide(model), model.sample(6, seed=2, present=PRESENT)
+make = functools.partial(make_exact, batch_size=6, seed=2, present=PRESENT)
 
 
 class WideGuide(ExactGuide):

@@ -18,6 +18,7 @@ from pyro_mmvae.metrics.linear_gaussian import (
     stack_modalities,
 )
 from pyro_mmvae.models import MultimodalVAE
+from tests.exact_linear import draw_data
 
 
 def random_model(dx=6, d=2, seed=0, noise=0.5):
@@ -27,15 +28,9 @@ def random_model(dx=6, d=2, seed=0, noise=0.5):
     )
 
 
-def draw(lg: LinearGaussian, n: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, lg.latent_dim, generator=g, dtype=torch.float64)
-    return z @ lg.W.T + lg.b + lg.noise_var.sqrt() * torch.randn(n, lg.data_dim, generator=g, dtype=torch.float64)
-
-
 def test_gaussian_log_prob_matches_torch():
     lg = random_model()
-    x = draw(lg, 7)
+    x = draw_data(lg, 7)
     want = torch.distributions.MultivariateNormal(lg.b, covariance_matrix=lg.covariance()).log_prob(x)
     assert torch.allclose(gaussian_log_prob(x, lg.b, lg.covariance()), want)
     assert torch.allclose(lg.log_likelihood(x), want)
@@ -43,7 +38,7 @@ def test_gaussian_log_prob_matches_torch():
 
 def test_marginal_over_coordinates():
     lg = random_model()
-    x = draw(lg, 5)
+    x = draw_data(lg, 5)
     idx = [0, 3, 4]
     cov = lg.covariance()[idx][:, idx]
     want = torch.distributions.MultivariateNormal(lg.b[idx], covariance_matrix=cov).log_prob(x[:, idx])
@@ -57,7 +52,7 @@ def test_marginal_over_coordinates():
 def test_posterior_matches_gaussian_conditioning():
     # joint of (z, x_O) is Gaussian: z | x_O has mean C_zx C_xx⁻¹ (x_O − b_O), cov I − C_zx C_xx⁻¹ C_xz
     lg = random_model(noise=torch.linspace(0.2, 1.0, 6, dtype=torch.float64))
-    x = draw(lg, 4)
+    x = draw_data(lg, 4)
     obs = torch.tensor([[1, 1, 0, 1, 0, 1], [0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]]).bool()
     x_noisy_missing = torch.where(obs, x, torch.full_like(x, 1e6))  # unobserved entries must be ignored
     mean, cov = lg.posterior(x_noisy_missing, obs)
@@ -72,7 +67,7 @@ def test_posterior_matches_gaussian_conditioning():
 
 def test_ppca_mle_beats_other_parameters_and_the_truth():
     truth = random_model(dx=8, d=3, noise=0.4)
-    x = draw(truth, 400)
+    x = draw_data(truth, 400)
     mle = ppca_mle(x, 3)
     ll_mle = mle.log_likelihood(x).sum()
     assert mle.W.shape == (8, 3) and torch.allclose(mle.b, x.mean(0))
@@ -89,7 +84,7 @@ def test_ppca_mle_beats_other_parameters_and_the_truth():
 
 def test_ppca_eigen_solution_matches_numerical_optimum():
     truth = random_model(dx=5, d=2, noise=0.3, seed=3)
-    x = draw(truth, 300, seed=4)
+    x = draw_data(truth, 300, seed=4)
     mle = ppca_mle(x, 2)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(5, 2, generator=g, dtype=torch.float64).requires_grad_()
@@ -116,7 +111,7 @@ def test_ppca_eigen_solution_matches_numerical_optimum():
 
 
 def test_ppca_with_enough_latents_is_the_full_gaussian_mle():
-    x = draw(random_model(dx=2, d=3), 500)
+    x = draw_data(random_model(dx=2, d=3), 500)
     mean, cov = gaussian_mle(x)
     mle = ppca_mle(x, 3)
     assert torch.allclose(mle.covariance(), cov, atol=1e-10) and torch.allclose(mle.b, mean)

@@ -1,5 +1,6 @@
 """Rates and distortions against closed forms, with exact posteriors of linear-Gaussian models."""
 
+import functools
 import math
 
 import pyro
@@ -10,17 +11,15 @@ from pyro_mmvae.data import MultimodalDataset
 from pyro_mmvae.infer.masked import draw_subset_terms, masked_sum
 from pyro_mmvae.metrics.rates import dataset_rates_and_distortions, rates_and_distortions
 from tests.exact_linear import (
-    ExactGuide,
-    LinearVAE,
-    PrivateLinearVAE,
+    DIMS,
     expected_log_lik,
     gaussian_kl,
     log_marginal,
+    make_exact,
     posterior_moments,
     prior_moments,
 )
 
-DIMS = {"a": 3, "b": 2, "c": 4}
 S = {
     "a": torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool),
     "b": torch.tensor([0, 0, 1, 1, 1], dtype=torch.bool),
@@ -28,9 +27,7 @@ S = {
 }
 
 
-def make(kind):
-    model = LinearVAE(DIMS, 2) if kind == "shared" else PrivateLinearVAE(DIMS, 2, 2)
-    return model, ExactGuide(model), model.sample(5, seed=3)
+make = functools.partial(make_exact, batch_size=5, seed=3)
 
 
 @pytest.mark.parametrize("kind", ["shared", "private"])

@@ -20,6 +20,7 @@ from pyro_mmvae.nn.set_aggregators import (
 )
 
 E, C, OUT, M, B = 6, 3, 5, 4, 7
+KINDS = ["sum", "attention"]
 
 
 def _inputs(seed=0, lead=(B,)):
@@ -46,27 +47,38 @@ def _equivariant(kind):
     return EquivariantSelfAttention(E, C, OUT, hidden=8, dim=8, num_layers=2, num_heads=4)
 
 
+def _invariant_case(kind):
+    """An invariant network of ``kind``, the inputs of :func:`_inputs` and its output ``(B, OUT)``."""
+    net = _invariant(kind)
+    h, mask = _inputs()
+    return net, h, mask, net(h, mask)
+
+
+def _equivariant_case(kind, lead=()):
+    """An equivariant network of ``kind``, the inputs of :func:`_inputs`, a random condition ``(*lead, B, C)``
+    and the output ``(*lead, B, M, OUT)``."""
+    net = _equivariant(kind)
+    h, mask = _inputs()
+    c = torch.randn(*lead, B, C)
+    return net, h, mask, c, net(h, mask, c)
+
+
 def _permutations(n=5, seed=1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randperm(M, generator=g) for _ in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_invariant_networks_are_permutation_invariant(kind):
-    net = _invariant(kind)
-    h, mask = _inputs()
-    out = net(h, mask)
+    net, h, mask, out = _invariant_case(kind)
     assert out.shape == (B, OUT) and torch.isfinite(out).all()
     for perm in _permutations():
         torch.testing.assert_close(net(h[:, perm], mask[:, perm]), out, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_equivariant_networks_are_permutation_equivariant(kind):
-    net = _equivariant(kind)
-    h, mask = _inputs()
-    c = torch.randn(B, C)
-    out = net(h, mask, c)
+    net, h, mask, c, out = _equivariant_case(kind)
     assert out.shape == (B, M, OUT)
     for perm in _permutations():
         permuted = net(h[:, perm], mask[:, perm], c)
@@ -75,11 +87,9 @@ def test_equivariant_networks_are_permutation_equivariant(kind):
         torch.testing.assert_close(permuted[keep], out[:, perm][keep], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_masked_elements_do_not_influence_invariant_networks(kind):
-    net = _invariant(kind)
-    h, mask = _inputs()
-    out = net(h, mask)
+    net, h, mask, out = _invariant_case(kind)
     garbage = torch.where(mask.unsqueeze(-1), h, 1e3 * torch.randn_like(h))
     torch.testing.assert_close(net(garbage, mask), out, atol=1e-5, rtol=1e-5)
     # Leaving the element out of the set altogether gives the same output (row 3, element 3 masked).
@@ -95,34 +105,26 @@ def test_masked_elements_do_not_influence_invariant_networks(kind):
     assert (h_leaf.grad[~mask] == 0).all() and (h_leaf.grad[mask] != 0).any()
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_masked_elements_do_not_influence_equivariant_outputs_inside_the_set(kind):
-    net = _equivariant(kind)
-    h, mask = _inputs()
-    c = torch.randn(B, C)
-    out = net(h, mask, c)
+    net, h, mask, c, out = _equivariant_case(kind)
     garbage = torch.where(mask.unsqueeze(-1), h, 1e3 * torch.randn_like(h))
     keep = mask.unsqueeze(-1).expand_as(out)
     torch.testing.assert_close(net(garbage, mask, c)[keep], out[keep], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_empty_set_gives_rho_of_zero(kind):
-    net = _invariant(kind)
-    h, mask = _inputs()
-    out = net(h, mask)
+    net, _, mask, out = _invariant_case(kind)
     expected = net.rho(torch.zeros(net.rho.in_dim))
     torch.testing.assert_close(out[0], expected)
     h2, _ = _inputs(seed=5)
     torch.testing.assert_close(net(h2, mask)[0], expected)
 
 
-@pytest.mark.parametrize("kind", ["sum", "attention"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_equivariant_networks_broadcast_a_condition_with_particle_dims(kind):
-    net = _equivariant(kind)
-    h, mask = _inputs()
-    c = torch.randn(3, B, C)
-    out = net(h, mask, c)
+    net, h, mask, c, out = _equivariant_case(kind, lead=(3,))
     assert out.shape == (3, B, M, OUT)
     torch.testing.assert_close(out[1], net(h, mask, c[1]), atol=1e-6, rtol=1e-6)
 
