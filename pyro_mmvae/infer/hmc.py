@@ -755,7 +755,8 @@ def sample_subset_posterior(
     if seed is not None:
         pyro.set_rng_seed(seed)
     if improper != "ignore":
-        bad, how = improper_points(target)
+        with torch.random.fork_rng():  # the check's random draws must not shift the sampler's stream
+            bad, how = improper_points(target)
         if bad:
             msg = f"the subset posterior is improper ({how}) for data points {_list_points(bad)}"
             if improper == "raise":

@@ -213,6 +213,23 @@ def test_improper_targets_raise_or_escape_without_stalling_the_others():
     )
 
 
+def test_properness_check_does_not_change_the_draws():
+    """The same seed gives the same draws whether or not the (random) tail probe ran first."""
+    locs, scales, _ = mixed_properness_experts(n=6, d=2, seed=2)
+    flow_like = [
+        dist.TransformedDistribution(
+            dist.Normal(m, s.clamp(max=0.5)).to_event(1), [T.AffineTransform(0.0, 1.0, event_dim=1)]
+        )
+        for m, s in zip(locs, scales)
+    ]
+    target = SubsetPosterior(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), flow_like)
+    runs = [
+        sample_subset_posterior(target, 20, 20, num_chains=2, seed=4, progress=False, improper=policy)
+        for policy in ("raise", "ignore")
+    ]
+    assert torch.equal(runs[0].samples, runs[1].samples)
+
+
 def test_escape_radius_validation_and_off_switch():
     target = random_gaussian_target(2, n=2, d=2)
     with pytest.raises(ValueError, match="escape_radius"):
