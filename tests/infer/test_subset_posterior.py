@@ -155,13 +155,40 @@ def test_tail_probe_finds_the_improper_points_of_non_gaussian_experts():
     ]
     target = SubsetPosterior(dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1), wrapped)
     assert not target.is_gaussian
-    torch.manual_seed(0)
+    state = torch.get_rng_state()
     assert target.rising_tails().nonzero().flatten().tolist() == improper
+    assert torch.equal(torch.get_rng_state(), state)  # deterministic, global RNG untouched
     bad, how = improper_points(target)
     assert bad == improper and "tail" in how
-    for radii in [(), (10.0,), (100.0, 10.0), (0.0, 10.0)]:
-        with pytest.raises(ValueError, match="radii"):
-            target.rising_tails(radii=radii)
+    with pytest.raises(ValueError, match="max_radius"):
+        target.rising_tails(max_radius=2.0)
+
+
+def test_tail_probe_ignores_a_far_rise_behind_a_barrier():
+    """A target that is proper near the data but rises again far out, behind a wall of many nats (as
+    flows with clamped log-scales do), is not flagged; with the barrier allowance raised past that wall
+    it is."""
+
+    class FarRise(dist.TorchDistribution):
+        """N(0, 0.3²) in 2-D near the origin; beyond |z_0| = 20 the log density climbs linearly."""
+
+        arg_constraints = {}
+        support = dist.constraints.real_vector
+
+        def __init__(self, n):
+            super().__init__(torch.Size([n]), torch.Size([2]), validate_args=False)
+
+        def log_prob(self, z):
+            base = dist.Normal(0.0, 0.3).log_prob(z).sum(-1)
+            return base + 1e4 * (z[..., 0].abs() - 20.0).clamp(min=0.0)
+
+        def sample(self, sample_shape=torch.Size()):
+            return 0.3 * torch.randn(*sample_shape, *self.batch_shape, 2)
+
+    prior = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+    target = SubsetPosterior(prior, [FarRise(3)])
+    assert not target.rising_tails().any()  # the wall at 20 (≈ 67 sd) costs thousands of nats
+    assert target.rising_tails(barrier=1e5).all()
 
 
 def test_closed_form_needs_gaussians():
