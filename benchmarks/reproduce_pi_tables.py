@@ -690,14 +690,11 @@ def check_claims(table: int, sections: dict) -> dict:
             c["gmm_mixture_best_llh"] = {}
             for obj in OBJECTIVES:
                 vals = {label: _mean(cells.get(obj), llh) for label, cells in rows.items()}
-                if any(v is PENDING for v in vals.values()):
+                top = _best(list(vals.values()), higher)
+                if top is PENDING or top is None:
                     c["gmm_mixture_best_llh"][obj] = None
                     continue
-                vals = {k: v for k, v in vals.items() if v is not None}
-                if not vals:
-                    c["gmm_mixture_best_llh"][obj] = None
-                    continue
-                best = max(vals, key=vals.get) if higher else min(vals, key=vals.get)
+                best = next(k for k, v in vals.items() if v == top)  # the first row attaining it, as before
                 c["gmm_mixture_best_llh"][obj] = best in gmm_mix
                 c["gmm_mixture_best_llh"][f"{obj}_best_row"] = best
         # 4. Table 1: masked better full reconstruction, mixture better cross prediction

@@ -42,20 +42,18 @@ import torch
 from pyro_mmvae.diagnostics import diagnose, import_arviz
 from pyro_mmvae.infer.hmc import run_pyro_nuts, sample_subset_posterior
 from pyro_mmvae.infer.subset_posterior import SubsetPosterior
+from pyro_mmvae.nn.flows import ConditionalFlow
+from pyro_mmvae.utils import resolve_device
 
 
 def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed, kind="flow"):
-    """``num_experts`` expert distributions with batch ``(n,)``, event ``(d,)``, and the flow modules.
+    """``num_experts`` expert distributions with batch ``(n,)``, event ``(d,)``.
 
     ``kind="gaussian"`` returns the flows' Gaussian bases alone (the same locations and scales).
     """
     g = torch.Generator().manual_seed(seed)
     z_true = torch.randn(n, d, generator=g)
-    experts, modules = [], []
-    try:
-        from pyro_mmvae.nn.flows import ConditionalFlow
-    except ImportError:  # pragma: no cover - the flows module is part of the package
-        ConditionalFlow = None
+    experts = []
     for j in range(num_experts):
         # the tests' |S| = 3 target: scales log-uniform in [0.05, 5] (expert 0 in [0.05, 0.35], which
         # keeps every product proper); each expert's mean is off the truth by about its own scale
@@ -68,35 +66,22 @@ def flow_experts(n, d, num_experts, context_dim, strength, device, dtype, seed, 
         if kind == "gaussian":
             experts.append(base)
             continue
-        if ConditionalFlow is not None:
-            flow = ConditionalFlow(
-                dim=d,
-                kind="maf",
-                num_blocks=2,
-                hidden=(64, 64),
-                context_dim=context_dim,
-                seed=seed + j,
-                identity_init=False,
-            )
-            with torch.no_grad():  # tame the random last layers: non-Gaussian, but not pathological
-                for net in flow.nets:
-                    net.layers[-1].weight.mul_(strength)
-                    net.layers[-1].bias.mul_(strength)
+        flow = ConditionalFlow(
+            dim=d,
+            kind="maf",
+            num_blocks=2,
+            hidden=(64, 64),
+            context_dim=context_dim,
+            seed=seed + j,
+            identity_init=False,
+        )
+        with torch.no_grad():  # tame the random last layers: non-Gaussian, but not pathological
+            for net in flow.nets:
+                net.layers[-1].weight.mul_(strength)
+                net.layers[-1].bias.mul_(strength)
             flow = flow.to(device, dtype).requires_grad_(False)
-            with torch.no_grad():
-                experts.append(flow(base, context=context.to(device, dtype)))
-        else:  # unconditional MAF from pyro.distributions.transforms
-            import pyro.distributions.transforms as T
-
-            blocks = [T.affine_autoregressive(d, hidden_dims=[64, 64]) for _ in range(2)]
-            for b in blocks:
-                with torch.no_grad():
-                    b.arn.layers[-1].weight.mul_(strength)
-                    b.arn.layers[-1].bias.mul_(strength)
-            flow = torch.nn.ModuleList(blocks).to(device, dtype).requires_grad_(False)
-            experts.append(dist.TransformedDistribution(base, [b.inv for b in blocks]))
-        modules.append(flow)
-    return experts, modules
+            experts.append(flow(base, context=context.to(device, dtype)))
+    return experts
 
 
 class CountingTarget:
@@ -111,6 +96,16 @@ class CountingTarget:
 
     def __getattr__(self, name):
         return getattr(self.target, name)
+
+
+def with_timings(res, run, calls, warmup, samples, sequential_chains):
+    """``res`` plus per-iteration and per-gradient times; ``sequential_chains`` chains ran one after another
+    (NUTS), 1 when the chains are a batch dimension (BatchedHMC)."""
+    res["warmup"], res["samples"] = warmup, samples
+    res["ms_per_iteration"] = 1e3 * run.wall_time / (sequential_chains * (warmup + samples))
+    res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / (sequential_chains * samples)
+    res["ms_per_grad_eval"] = 1e3 * run.wall_time / calls
+    return res
 
 
 def summarize(name, run, calls, num_chains):
@@ -187,12 +182,10 @@ def main(argv=None):
     if args.quick:
         args.n, args.warmup, args.samples, args.nuts_warmup, args.nuts_samples = 200, 200, 200, 60, 60
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if args.device == "auto" and not torch.cuda.is_available():
-        device = torch.device("cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
 
-    experts, _modules = flow_experts(
+    experts = flow_experts(
         args.n, args.d, args.experts, 8, args.flow_strength, device, dtype, args.seed, args.expert_kind
     )
     prior = dist.Normal(torch.zeros(args.d, device=device, dtype=dtype), 1.0).to_event(1)
@@ -217,11 +210,7 @@ def main(argv=None):
     res, x_hmc = summarize(
         "BatchedHMC" + (" (pooled metric)" if args.pool_metric else ""), run, counted.calls, args.chains
     )
-    res["warmup"], res["samples"] = args.warmup, args.samples
-    res["ms_per_iteration"] = 1e3 * run.wall_time / (args.warmup + args.samples)
-    res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / args.samples
-    res["ms_per_grad_eval"] = 1e3 * run.wall_time / counted.calls
-    results.append(res)
+    results.append(with_timings(res, run, counted.calls, args.warmup, args.samples, sequential_chains=1))
 
     if not args.skip_nuts:
         counted = CountingTarget(target)
@@ -236,12 +225,9 @@ def main(argv=None):
             inverse_mass_matrix=metric,
         )
         res, _ = summarize("Pyro NUTS (one plate)", run, counted.calls, args.chains)
-        res["warmup"], res["samples"] = args.nuts_warmup, args.nuts_samples
-        iters = args.chains * (args.nuts_warmup + args.nuts_samples)
-        res["ms_per_iteration"] = 1e3 * run.wall_time / iters
-        res["ms_per_sampling_iteration"] = 1e3 * run.sampling_time / (args.chains * args.nuts_samples)
-        res["ms_per_grad_eval"] = 1e3 * run.wall_time / counted.calls
-        results.append(res)
+        results.append(
+            with_timings(res, run, counted.calls, args.nuts_warmup, args.nuts_samples, sequential_chains=args.chains)
+        )
 
     k = min(args.arviz_targets, args.n)
     az_time = arviz_cost(x_hmc, k)

@@ -167,10 +167,13 @@ def _ess_core(x: np.ndarray) -> np.ndarray:
 
 
 def _chunked(fn, x: np.ndarray) -> np.ndarray:
+    """``fn`` over chunks of the series ``(M, C, S)``, joined along the last axis; NaN for series holding a NaN."""
     if not len(x):
         return np.empty(0)
     with np.errstate(divide="ignore", invalid="ignore"):  # constant series: 0/0 → NaN, as in ArviZ
-        return np.concatenate([fn(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)])
+        out = np.concatenate([fn(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)], axis=-1)
+    out[..., np.isnan(x).any(axis=(1, 2))] = np.nan
+    return out
 
 
 def _rhat_rank(x: np.ndarray) -> np.ndarray:
@@ -178,9 +181,7 @@ def _rhat_rank(x: np.ndarray) -> np.ndarray:
     bulk = _rhat_core(_z_scale(split))
     folded = np.abs(split - np.median(split.reshape(split.shape[0], -1), axis=-1)[:, None, None])
     tail = _rhat_core(_z_scale(folded))
-    out = np.maximum(bulk, tail)
-    out[np.isnan(x).any(axis=(1, 2))] = np.nan
-    return out
+    return np.maximum(bulk, tail)
 
 
 def rhat(samples) -> np.ndarray:
@@ -224,9 +225,7 @@ def ess(samples, method: str = "bulk") -> np.ndarray:
     x, shape = _series(samples)
     if x.shape[2] < 4:
         return np.full(shape, np.nan)
-    out = _chunked(_ESS[method], x)
-    out[np.isnan(x).any(axis=(1, 2))] = np.nan
-    return out.reshape(shape)
+    return _chunked(_ESS[method], x).reshape(shape)
 
 
 # ---------------------------------------------------------------------- per-target summaries
@@ -238,9 +237,7 @@ def _diagnose(x: np.ndarray) -> np.ndarray:
     r = np.maximum(_rhat_core(z), _rhat_core(_z_scale(folded)))
     if x.shape[1] < 2:
         r = np.full_like(r, np.nan)
-    out = np.stack([r, _ess_core(z), _ess_tail(x)])
-    out[:, np.isnan(x).any(axis=(1, 2))] = np.nan
-    return out
+    return np.stack([r, _ess_core(z), _ess_tail(x)])
 
 
 def diagnose(samples) -> dict[str, np.ndarray]:
@@ -249,8 +246,7 @@ def diagnose(samples) -> dict[str, np.ndarray]:
     if x.shape[2] < 4:
         nan = np.full(shape, np.nan)
         return {"rhat": nan, "ess_bulk": nan.copy(), "ess_tail": nan.copy()}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.concatenate([_diagnose(x[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)], axis=1)
+    out = _chunked(_diagnose, x)
     return {name: out[i].reshape(shape) for i, name in enumerate(("rhat", "ess_bulk", "ess_tail"))}
 
 

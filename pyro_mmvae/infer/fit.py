@@ -739,6 +739,11 @@ def fit(
     return _result(stage, files, history, es, epoch, step, stopped_early, True, resumed_from)
 
 
+def _where(epoch: int, step: int, first_step: int, context: str) -> str:
+    """Where training stopped, for error messages (formatted only when one is raised)."""
+    return f"at epoch {epoch + 1}, step {step - first_step + 1} of that epoch (global step {step + 1}); {context}"
+
+
 def _train_epoch(
     model, guide, elbo, batches, optimizer, params, loss_kwargs, clip, dev, epoch, step, context, bar
 ) -> tuple[float, int]:
@@ -751,7 +756,6 @@ def _train_epoch(
     for batch in batches:
         batch = batch.to(dev)
         optimizer.zero_grad(set_to_none=True)
-        where = f"at epoch {epoch + 1}, step {step - first_step + 1} of that epoch (global step {step + 1}); {context}"
         try:
             loss = elbo.differentiable_loss(model, guide, batch, **loss_kwargs)
         except ValueError as err:
@@ -760,6 +764,7 @@ def _train_epoch(
             msg = str(err)
             non_finite = "nan" in msg or "inf" in msg or not all(bool(torch.isfinite(p).all()) for p in params)
             if "invalid values" in msg and non_finite:
+                where = _where(epoch, step, first_step, context)
                 raise NonFiniteLossError(
                     f"a distribution rejected NaN/inf arguments computed from the trained parameters {where}. "
                     "Try a smaller lr, grad_clip, or check the data"
@@ -767,6 +772,7 @@ def _train_epoch(
             raise
         value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
         if not math.isfinite(value):
+            where = _where(epoch, step, first_step, context)
             raise NonFiniteLossError(
                 f"training loss is {value} {where}. Try a smaller lr, grad_clip, or check the data"
             )

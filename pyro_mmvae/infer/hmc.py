@@ -372,7 +372,9 @@ class BatchedHMC(MCMCKernel):
                 raise ValueError("inverse_mass_matrix must be positive")
             self._inv_mass = m.expand(z.shape).clone()
         self._set_position(z)
-        self._origin, self._escape_scale = self._z, self._inv_mass.sqrt()
+        # a chain beyond this distance from its start (per coordinate) has escaped; fixed for the run
+        self._origin = self._z
+        self._escape_bound = None if self.escape_radius is None else self.escape_radius * self._inv_mass.sqrt()
         self._escaped = torch.zeros(z.shape[:-1], dtype=torch.bool, device=z.device)
         if self._u.shape != z.shape[:-1]:
             raise ValueError(
@@ -496,9 +498,8 @@ class BatchedHMC(MCMCKernel):
         accept = torch.rand_like(accept_prob) < accept_prob
         a = accept.unsqueeze(-1)
         self._z, self._u, self._g = torch.where(a, z1, z0), torch.where(accept, u1, u0), torch.where(a, g1, g0)
-        if self.escape_radius is not None:
-            far = ((self._z - self._origin).abs() > self.escape_radius * self._escape_scale).any(-1)
-            self._escaped = self._escaped | far
+        if self._escape_bound is not None:
+            self._escaped = self._escaped | ((self._z - self._origin).abs() > self._escape_bound).any(-1)
         uturn = None
         if explore:
             # a trajectory that never turned within the loop gives a lower bound (censored): the loop
@@ -782,16 +783,7 @@ def sample_subset_posterior(
     wall = time.perf_counter() - start
     draws = mcmc.get_samples(group_by_chain=True)[kernel.param_name][0]  # (S, C, N, D)
     stats = kernel.sample_stats()
-    escaped = stats["escaped"].cpu()
-    if improper != "ignore" and bool(escaped.any()):
-        points = escaped.reshape(-1, escaped.shape[-1]).any(0).nonzero().flatten().tolist()
-        warnings.warn(
-            f"chains escaped beyond {kernel.escape_radius:g} initial standard deviations (an improper target) "
-            f"and were frozen at data points {_list_points(points)}; their draws are meaningless",
-            ImproperPosteriorWarning,
-            stacklevel=2,
-        )
-    return HMCRun(
+    run = HMCRun(
         samples=_chain_first(draws),
         accept_prob=_chain_first(stats["accept_prob"]),
         diverging=_chain_first(stats["diverging"]),
@@ -799,12 +791,20 @@ def sample_subset_posterior(
         step_size=stats["step_size"].cpu(),
         inverse_mass_matrix=stats["inverse_mass_matrix"].cpu(),
         trajectory_length=stats["trajectory_length"].cpu(),
-        escaped=escaped,
+        escaped=stats["escaped"].cpu(),
         wall_time=wall,
         sampling_time=clock.sampling_time,
         num_grad_evals=kernel.num_grad_evals,
         extra={"num_loop_steps": kernel.num_loop_steps, "diagnostics": kernel.diagnostics()},
     )
+    if improper != "ignore" and run.escaped_points:
+        warnings.warn(
+            f"chains escaped beyond {kernel.escape_radius:g} initial standard deviations (an improper target) "
+            f"and were frozen at data points {_list_points(run.escaped_points)}; their draws are meaningless",
+            ImproperPosteriorWarning,
+            stacklevel=2,
+        )
+    return run
 
 
 def _list_points(points: list[int], shown: int = 20) -> str:

@@ -253,7 +253,8 @@ class SharedInfoLoss(LossELBO):
 
         ``model`` is never used; ``beta`` and other trainer keywords do not enter the objective.
         """
-        feats = self.features(guide, batch)
+        projectors = _as_projectors(guide)
+        feats = self.features(projectors, batch)
         loss = pairwise_loss(
             feats,
             {n: batch.present[n] for n in feats},
@@ -267,7 +268,7 @@ class SharedInfoLoss(LossELBO):
         if loss is None:  # no pair shares min_rows rows: the empty sum, with no path to any parameter
             return torch.zeros((), device=batch.device, requires_grad=True)
         if self.weight_decay > 0:
-            params = {id(p): p for g in _as_projectors(guide).values() for p in g.parameters() if p.requires_grad}
+            params = {id(p): p for g in projectors.values() for p in g.parameters() if p.requires_grad}
             if params:
                 loss = loss + 0.5 * self.weight_decay * sum(p.square().sum() for p in params.values())
         return loss

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from .networks import MLP
+from .networks import EXP_LINEAR_KNEE, MLP, GaussianHead, exp_linear  # noqa: F401 (re-exported)
 
 LAYER_NORM_EPS = 1e-6
 
@@ -78,37 +78,11 @@ def _mlp(in_dim: int, hidden: int, num_hidden: int, out_dim: int, activation: st
     return MLP(in_dim, [hidden] * num_hidden, out_dim, activation)
 
 
-# σ follows exp(ℓ) up to this log-scale and grows linearly beyond it (see exp_linear).
-EXP_LINEAR_KNEE = 5.0
-
-
-def exp_linear(raw: torch.Tensor, knee: float = EXP_LINEAR_KNEE) -> torch.Tensor:
-    """``exp(ℓ)`` for ``ℓ < knee``, continued by its tangent ``e^knee (1 + ℓ − knee)`` above (C¹, increasing).
-
-    Why: an invariant set network pools a SUM over the set, so its output grows linearly with |S|.
-    For the self-attention network this happens already at initialisation: every pooled element is
-    LayerNorm-ed to unit RMS per feature, the elements share a common direction (mean pairwise
-    cosine ≈ 0.8 at LeCun init), so the sum has per-feature RMS ≈ 0.8 |S|, and ρ — positively
-    homogeneous with zero biases — passes that scale on to ℓ (batch maxima ≈ 30-59 with M = 50
-    modalities at width 128). ``exp(ℓ)`` would turn linear growth in |S| into exponential growth of
-    σ and overflow float32 (σ² = inf from ℓ ≈ 44, then NaN log-densities); the tangent continuation
-    keeps σ linear in ℓ there. With the knee at 5 (σ ≈ 148, far wider than any posterior under a
-    unit-scale prior) value and gradient equal the spec's ``exp(ℓ)`` wherever a trained guide lives.
-    """
-    # The clamp keeps the unused exp branch finite (an inf there would give NaN gradients through where).
-    return torch.where(raw < knee, raw.clamp(max=knee).exp(), math.exp(knee) * (1.0 + raw - knee))
-
-
-class SetGaussianHead(nn.Module):
+class SetGaussianHead(GaussianHead):
     """Split ``(*lead, 2D)`` into ``loc (*lead, D)`` and ``scale = min_scale + exp_linear(raw) (*lead, D)``."""
 
     def __init__(self, min_scale: float = 1e-3):
-        super().__init__()
-        self.min_scale = float(min_scale)
-
-    def forward(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = out.chunk(2, dim=-1)
-        return loc, self.min_scale + exp_linear(raw)
+        super().__init__(float(min_scale), positive="exp_linear")
 
 
 class _SumPoolingNetwork(nn.Module):
