@@ -4,7 +4,10 @@ Both sides use the SAME networks (the toy experiment's joint VAE: MLP heads, mer
 decoders, Bernoulli likelihoods, batch 128) and the same optimiser. Steps alternate between the two
 implementations so that machine noise hits both alike; the medians are compared.
 
-    python benchmarks/elbo_overhead.py [--steps 200] [--batch-size 128] [--threads 2]
+    python benchmarks/elbo_overhead.py [--steps 200] [--batch-size 128] [--threads 2] [--json results.json]
+
+The first line names the machine (:func:`pyro_mmvae.utils.run_record`); ``--json`` also writes the
+medians with the command, date and machine.
 
 Last line: ``elbo_step_ratio_pyro_vs_torch=<median Pyro step / median torch step>``.
 """
@@ -21,6 +24,7 @@ import torch.distributions as td
 from pyro_mmvae.data import iterate_batches
 from pyro_mmvae.experiments import toy
 from pyro_mmvae.infer.elbo import BetaELBO
+from pyro_mmvae.utils import atomic_write_json, command_line, run_record
 
 
 def torch_elbo_loss(model, guide, batch, beta: float) -> torch.Tensor:
@@ -45,8 +49,15 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--json", default=None, help="write the medians, command, date and machine here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    record = run_record(command_line("benchmarks/elbo_overhead.py", argv), device="cpu", threads=args.threads)
+    m = record["machine"]
+    print(
+        f"machine: {m['cpu']}, {m['cpu_count']} cores (load average {m['load_average']}), torch {m['torch']}, "
+        f"pyro {m['pyro']}, {m['threads']} torch thread(s); {record['date']}"
+    )
     torch.manual_seed(0)
 
     train = toy.CirclesSquares("train", size=args.batch_size * 16, seed=0)
@@ -103,7 +114,13 @@ def main(argv=None):
         f"forward only: pyro {fmed['pyro']:.2f} ms, torch {fmed['torch']:.2f} ms "
         f"(tracing, replay and site bookkeeping: {fmed['pyro'] - fmed['torch']:.2f} ms per step)"
     )
-    print(f"elbo_step_ratio_pyro_vs_torch={med['pyro'] / med['torch']:.3f}")
+    ratio = med["pyro"] / med["torch"]
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {**record, "args": vars(args), "median_step_ms": med, "median_forward_ms": fmed, "step_ratio": ratio},
+        )
+    print(f"elbo_step_ratio_pyro_vs_torch={ratio:.3f}")
 
 
 if __name__ == "__main__":

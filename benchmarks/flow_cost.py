@@ -15,9 +15,6 @@ Timings: minimum and median over ``--repeats`` runs after a warm-up, with ``torc
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +25,7 @@ import torch
 from pyro.nn import AutoRegressiveNN
 
 from pyro_mmvae.nn.flows import ConditionalFlow
+from pyro_mmvae.utils import atomic_write, command_line, run_record
 
 
 def _time_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
@@ -40,17 +38,6 @@ def _time_ms(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * min(times), 1e3 * statistics.median(times)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _make_q(kind: str, dim: int, n: int, blocks: int, hidden, conditional: bool, seed: int):
@@ -103,7 +90,9 @@ def main(argv=None) -> str:
     p.add_argument("--out", default=None, help="write the markdown report here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    record = run_record(command_line("benchmarks/flow_cost.py", argv), device="cpu", threads=args.threads)
+    m = record["machine"]
+    load = m["load_average"][0] if m["load_average"] else float("nan")
 
     kinds = [("gaussian", False), ("maf", False), ("maf", True), ("coupling", False), ("coupling", True)]
     kinds.append(("iaf (pyro forward)", False))
@@ -116,15 +105,14 @@ def main(argv=None) -> str:
                 rows.append(f"| {dim} | {chains} | {label} | {lp[0]:.2f} ({lp[1]:.2f}) | {smp[0]:.2f} ({smp[1]:.2f}) |")
                 print(rows[-1], file=sys.stderr, flush=True)
 
-    cmd = "python benchmarks/flow_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = "\n".join(
         [
             "# Flow-expert cost: log_prob + grad at arbitrary z, and sampling",
             "",
-            f"- command: `{cmd.strip()}`",
-            f"- date: {datetime.date.today().isoformat()}",
-            f"- machine: {_cpu_name()}, {os.cpu_count()} cores, load average {load:.1f} at start (the host is shared "
-            f"with other jobs); torch {torch.__version__}, {args.threads} thread(s)",
+            f"- command: `{record['command']}`",
+            f"- date: {record['date']}",
+            f"- machine: {m['cpu']}, {m['cpu_count']} cores, load average {load:.1f} at start (the host is shared "
+            f"with other jobs); torch {m['torch']}, pyro {m['pyro']}, {m['threads']} thread(s)",
             f"- N = {args.n} independent experts (one per data point, encoder outputs fixed), "
             f"{args.blocks} blocks, hidden {tuple(args.hidden)}; conditional flows read a context of size 2D",
             "- `log_prob + grad`: log q(z) at a fresh z of shape (C, N, D) (or (N, D) when C = 1) and its gradient "
@@ -141,8 +129,7 @@ def main(argv=None) -> str:
         ]
     )
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
+        atomic_write(args.out, lambda f: f.write(report), binary=False)
     print(report)
     return report
 

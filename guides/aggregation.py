@@ -8,23 +8,24 @@ order and ignores entries outside S, so a row may condition on any subset, the e
 included. ``posterior(batch, subset)`` returns a distribution with batch ``(B,)`` and event
 ``(D,)``:
 
-==========================  ==========================================  ========================
-guide                       q(z | x_S)                                  q(z | ∅)
-==========================  ==========================================  ========================
-:class:`PoEGuide`           prior expert × Π_{s∈S} N(μ_s, v_s)           the prior expert
-:class:`MoEGuide`           Σ_{s∈S} (1/|S|) N(μ_s, σ_s²)                 N(0, I)
-:class:`MoPoEGuide`         (1/2^|S|) Σ_{S'⊆S} PoE(x_{S'})              the prior expert
-:class:`SumPoolingGuide`    N(ρ(Σ_{s∈S} χ(h_s)))                        N(ρ(0)), learned
-:class:`SelfAttentionGuide` N(ρ(Σ_{s∈S} g^L_s))                         N(ρ(0)), learned
-``*MixtureGuide``           K-component mixture from ρ                   mixture from ρ(0)
-==========================  ==========================================  ========================
+============================  ==========================================  ========================
+guide                         q(z | x_S)                                  q(z | ∅)
+============================  ==========================================  ========================
+:class:`PoEGuide`             prior expert × Π_{s∈S} N(μ_s, v_s)           the prior expert
+:class:`MoEGuide`             Σ_{s∈S} (1/|S|) N(μ_s, σ_s²)                 N(0, I)
+:class:`MoPoEGuide`           (1/2^|S|) Σ_{S'⊆S} PoE(x_{S'})              the prior expert
+:class:`SumPoolingGuide`      N(ρ(Σ_{s∈S} χ(h_s)))                        N(ρ(0)), learned
+:class:`SelfAttentionGuide`   N(ρ(Σ_{s∈S} g^L_s))                         N(ρ(0)), learned
+``*MixtureGuide``             K-component mixture from ρ                   mixture from ρ(0)
+============================  ==========================================  ========================
 
 PoE experts use ``v = var_floor + exp(2ℓ)``; the prior expert is (μ0, ℓ0) = (0, 0), i.e.
 N(0, (1 + var_floor) I). MoE experts use ``σ = min_scale + exp(ℓ)``; the set guides use
 ``σ = min_scale + exp_linear(ℓ)`` — the same below ℓ = 5, linear above, because their ρ sums over the
 set (see :func:`~pyro_mmvae.nn.set_aggregators.exp_linear`). PoE+/MoE+ (``plus=True``)
 add 4 [Dense 256, ReLU] layers before each unimodal encoder's last layer (parameter-matched
-baselines). Default sizes follow the linear-Gaussian setting of the paper (encoders
+baselines). Default sizes follow the linear-Gaussian setting of "Learning multi-modal generative
+models with permutation-invariant encoders and tighter variational objectives" (encoders
 ``D_s → 256 → 256 → ·``, set networks of width 256).
 """
 
@@ -49,6 +50,7 @@ from pyro_mmvae.distributions.experts import (
     product_of_experts,
 )
 from pyro_mmvae.nn.networks import GaussianHead, default_encoder
+from pyro_mmvae.nn.per_modality import index_modalities, per_modality_modules
 from pyro_mmvae.nn.set_aggregators import SelfAttentionPooling, SetGaussianHead, SumPooling, lecun_normal_
 
 from .base import MultimodalGuide
@@ -142,21 +144,13 @@ class ModalityEncoders(nn.Module):
     ):
         super().__init__()
         _check_init(init)
-        self.modalities = {m.name: m for m in modalities}
-        if not self.modalities:
-            raise ValueError("an aggregation guide needs at least one modality")
-        encoders = dict(encoders or {})
-        unknown = set(encoders) - set(self.modalities)
-        if unknown:
-            raise KeyError(f"encoders given for unknown modalities {sorted(unknown)}; the guide has {self.names}")
-        built = {}
-        for name, m in self.modalities.items():
-            if name in encoders:
-                built[name] = encoders[name]
-            else:
-                enc = unimodal_encoder(m, out_dim, hidden, arch, extra_layers)
-                built[name] = lecun_normal_(enc) if init == "lecun" else enc
-        self.encoders = nn.ModuleDict(built)
+        self.modalities = index_modalities(modalities, "an aggregation guide")
+
+        def build(m: Modality) -> nn.Module:
+            enc = unimodal_encoder(m, out_dim, hidden, arch, extra_layers)
+            return lecun_normal_(enc) if init == "lecun" else enc
+
+        self.encoders = per_modality_modules(self.modalities, build, encoders)
         self.out_dim = int(out_dim)
 
     @property
@@ -202,17 +196,7 @@ class AggregationGuide(MultimodalGuide):
     """Base class: per-modality encoders (``self.encoders``, a :class:`ModalityEncoders`) and a latent size."""
 
     def __init__(self, modalities: Iterable[Modality], latent_dim: int):
-        super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        if not self.modalities:
-            raise ValueError("an aggregation guide needs at least one modality")
-        self.latent_dim = int(latent_dim)
-        if self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
+        super().__init__(modalities, latent_dim, require_modalities="an aggregation guide")
 
     def subset_mask(self, batch: MultimodalBatch, subset: Subset = None) -> torch.Tensor:
         """``batch.subset_mask(subset)`` stacked as bool ``(B, M)`` in the guide's modality order."""

@@ -9,7 +9,7 @@ per row of the batch (every row has its own S = subset ∩ presence). The guide 
 ``"w_s"`` from the prior N(0, I) in rows where s is outside S, so the private latent of a modality
 the encoder did not see carries no information from the other modalities.
 
-The contract extends :class:`~guides.base.MultimodalGuide`:
+The contract extends :class:`~pyro_mmvae.guides.base.MultimodalGuide`:
 
 - ``posterior(batch, subset)`` → q(z′ | x_S), batch ``(B,)``, event ``(D,)``;
 - ``private_posterior(batch, subset, z)`` → ``{name: distribution}`` with batch ``z.shape[:-1]``
@@ -21,7 +21,9 @@ The contract extends :class:`~guides.base.MultimodalGuide`:
   ``pyro.plate("data")`` and ``poutine.scale(beta)``.
 
 Permutation symmetry: q(z′ | x_S) is invariant to the modality order; the private heads are
-equivariant — permuting the modalities permutes the private posteriors with them.
+equivariant — permuting the modalities permutes the private posteriors with them. The guides are
+Examples 3-5 of "Learning multi-modal generative models with permutation-invariant encoders and
+tighter variational objectives" (the paper below):
 
 - :class:`EquivariantPoEGuide` (Example 3): PoE over shared heads; q(z̃_s | x_s) from private heads.
 - :class:`EquivariantSumPoolingGuide` (Example 4): SumPooling for z′;
@@ -32,7 +34,7 @@ equivariant — permuting the modalities permutes the private posteriors with th
 Scales are ``σ = min_scale + exp(ℓ)`` for the PoE's private heads and ``σ = min_scale + exp_linear(ℓ)``
 (the same below ℓ = 5, linear above; see :func:`~pyro_mmvae.nn.set_aggregators.exp_linear`) for the set
 guides, whose networks sum over the set; the PoE's shared experts use ``v = var_floor + exp(2ℓ)``, as in
-:class:`~guides.aggregation.PoEGuide`. Default sizes follow the paper's linear private-latent
+:class:`~pyro_mmvae.guides.aggregation.PoEGuide`. Default sizes follow the paper's linear private-latent
 setting (PoE heads ``D_s → 512 → 512 → ·``; set encoders ``D_s → 128 → 128 → 128`` and set networks of
 width 128).
 """
@@ -51,7 +53,6 @@ from torch import nn
 from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
 from pyro_mmvae.distributions.experts import VAR_FLOOR
-from pyro_mmvae.models.private import private_site
 from pyro_mmvae.nn.networks import GaussianHead
 from pyro_mmvae.nn.set_aggregators import (
     EquivariantSelfAttention,
@@ -60,6 +61,7 @@ from pyro_mmvae.nn.set_aggregators import (
     SetGaussianHead,
     SumPooling,
 )
+from pyro_mmvae.sites import DATA_PLATE, private_site
 
 from .aggregation import (
     AggregationGuide,
@@ -144,7 +146,7 @@ class PrivateLatentGuide(AggregationGuide):
     def forward(self, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0):
         enc = self.encode(batch, subset)
         q_shared = self.shared_from(enc)
-        with pyro.plate("data", batch.batch_size), poutine.scale(scale=beta):
+        with pyro.plate(DATA_PLATE, batch.batch_size), poutine.scale(scale=beta):
             z = pyro.sample(self.latent_site, q_shared)
             for name, q in self.private_from(enc, z).items():
                 pyro.sample(private_site(name), q)
@@ -159,9 +161,9 @@ class EquivariantPoEGuide(PrivateLatentGuide):
         hidden: hidden sizes of the default shared and private heads ``D_s → hidden → 2D`` / ``2D̃`` (ReLU).
         shared_encoders, private_encoders: optional name → module giving ``[μ′_s, ℓ′_s]`` ``(B, 2D)``
             and ``[μ̃_s, ℓ̃_s]`` ``(B, 2D̃)``.
-        poe_mean, var_floor: as in :class:`~guides.aggregation.PoEGuide`.
+        poe_mean, var_floor: as in :class:`~pyro_mmvae.guides.aggregation.PoEGuide`.
         min_scale: σ̃ = min_scale + exp(ℓ̃).
-        arch, init: as in :class:`~guides.aggregation.PoEGuide`.
+        arch, init: as in :class:`~pyro_mmvae.guides.aggregation.PoEGuide`.
     """
 
     def __init__(

@@ -1,6 +1,7 @@
 """``FlowExpertGuide``: unimodal posteriors q_j(z | x_j) as Gaussians pushed through normalizing flows.
 
-For each modality j (JNF, paper 000 Eq. 10)::
+For each modality j (JNF: "Bridging the inference gap in Multimodal Variational Autoencoders",
+Eq. 10)::
 
     h_j = encoder_j(x_j)                      (B, 2D)   [JNF-Shared: encoder_j(g_j(x_j)), g_j frozen]
     q_j(z | x_j) = flow_j # N(μ_j(h_j), diag σ_j(h_j)²)
@@ -19,13 +20,10 @@ Every expert has batch shape ``(B,)``, event shape ``(D,)``; ``log_prob(z)`` tak
 ``(*lead, B, D)`` (e.g. ``(C, N, D)`` chains × targets) and returns ``(*lead, B)``. Encoders run
 once when the expert is built; evaluate ``log_prob`` on the returned object as often as needed.
 
-Measured cost (``benchmarks/flow_cost.py``; shared 2-core CPU, 1 thread, 2 blocks, hidden
-(128, 128), N = 1000 experts with encoder outputs fixed, D = 20): log_prob + grad at an arbitrary z
-≈ 4 ms for "maf" and "coupling" (0.2 ms Gaussian); one draw per expert ≈ 60 ms for "maf", 1.5 ms
-for "coupling". Table and D = 2 figures: :mod:`pyro_mmvae.nn.flows`,
-``benchmarks/results/flow_cost_cpu.md``. For a sampler: build the experts once
-(``expert_dists(batch)``, ideally under ``torch.no_grad()`` with the guide's parameters frozen) and call
-``log_prob`` on them at every step; the encoders are not re-run.
+Measured costs of ``log_prob`` + gradient and of sampling per flow kind:
+``benchmarks/results/flow_cost_cpu.md`` (see :mod:`pyro_mmvae.nn.flows`). For a sampler: build the
+experts once (``expert_dists(batch)``, ideally under ``torch.no_grad()`` with the guide's parameters
+frozen) and call ``log_prob`` on them at every step; the encoders are not re-run.
 
 Missing modalities: ``expert(batch, j)`` always returns a distribution over all B rows, also when
 x_j is missing in some or all of them; rows where x_j is missing are computed from the zero
@@ -51,6 +49,7 @@ from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
 from pyro_mmvae.nn.flows import ConditionalFlow
 from pyro_mmvae.nn.networks import MLP, GaussianHead, default_encoder
+from pyro_mmvae.nn.per_modality import check_known_modalities
 from pyro_mmvae.nn.projectors import FrozenProjector
 
 from .base import MultimodalGuide
@@ -95,27 +94,21 @@ class FlowExpertGuide(MultimodalGuide):
         seed: int = 0,
         identity_init: bool = True,
     ):
-        super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        if not self.modalities:
-            raise ValueError("FlowExpertGuide needs at least one modality")
-        self.latent_dim = d = int(latent_dim)
+        super().__init__(modalities, latent_dim, require_modalities="FlowExpertGuide")
+        d = self.latent_dim
         self.conditional = bool(conditional)
         encoders, project = dict(encoders or {}), dict(project or {})
-        for what, given in (("encoders", encoders), ("project", project)):
-            unknown = sorted(set(given) - set(self.modalities))
-            if unknown:
-                raise KeyError(f"{what} given for unknown modalities {unknown}; this guide has {self.names}")
+        check_known_modalities(encoders, self.names, "encoders")
+        check_known_modalities(project, self.names, "project")
 
-        nets = {}
-        for name, m in self.modalities.items():
-            if name in project:
-                g = FrozenProjector(project[name])
-                head = encoders[name] if name in encoders else MLP(g.out_dim, project_hidden, 2 * d)
-                nets[name] = nn.Sequential(g, head)
-            else:
-                nets[name] = encoders[name] if name in encoders else default_encoder(m, 2 * d, hidden, arch)
-        self.encoders = nn.ModuleDict(nets)
+        def encoder(m: Modality) -> nn.Module:
+            if m.name not in project:
+                return encoders[m.name] if m.name in encoders else default_encoder(m, 2 * d, hidden, arch)
+            g = FrozenProjector(project[m.name])
+            head = encoders[m.name] if m.name in encoders else MLP(g.out_dim, project_hidden, 2 * d)
+            return nn.Sequential(g, head)
+
+        self.encoders = self.per_modality(encoder)
         self.projected = sorted(project)
         self.gaussian = GaussianHead(min_scale)
         self.flows = nn.ModuleDict(
@@ -132,10 +125,6 @@ class FlowExpertGuide(MultimodalGuide):
                 for i, name in enumerate(self.modalities)
             }
         )
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters stage 2 trains (frozen projectors excluded)."""

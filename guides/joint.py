@@ -1,5 +1,8 @@
 """``JointGuide``: q(z | X) from per-modality heads merged by an MLP (JNF stage 1, JMVAE-style).
 
+The joint encoder of "Bridging the inference gap in Multimodal Variational Autoencoders" (the
+paper below).
+
 Each modality has a head ``x_m (B, *shape) → h_m (B, H)``; the heads are concatenated in modality
 order, rows where a modality is missing (or outside the subset) contribute zeros, and an MLP maps
 ``(B, M·H) → (B, 2D)`` to the mean and scale of a diagonal Gaussian.
@@ -44,19 +47,10 @@ class JointGuide(MultimodalGuide):
         hidden=(512, 512),
         arch: str = "mlp",
     ):
-        super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        self.latent_dim = int(latent_dim)
-        heads = dict(heads or {})
-        self.heads = nn.ModuleDict(
-            {n: heads.get(n) or default_encoder(m, head_dim, hidden, arch) for n, m in self.modalities.items()}
-        )
+        super().__init__(modalities, latent_dim)
+        self.heads = self.per_modality(lambda m: default_encoder(m, head_dim, hidden, arch), heads, "heads")
         self.merge = MLP(head_dim * len(self.modalities), merge_hidden, 2 * self.latent_dim)
         self.gaussian = GaussianHead(min_scale)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
 
     def posterior(self, batch: MultimodalBatch, subset: Subset = None):
         masks = batch.subset_mask(subset)

@@ -51,18 +51,9 @@ class UnimodalGaussianGuide(MultimodalGuide):
         hidden=(512, 512),
         min_scale: float = 1e-3,
     ):
-        super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        self.latent_dim = int(latent_dim)
-        encoders = dict(encoders or {})
-        self.encoders = nn.ModuleDict(
-            {n: encoders.get(n) or default_encoder(m, 2 * self.latent_dim, hidden) for n, m in self.modalities.items()}
-        )
+        super().__init__(modalities, latent_dim)
+        self.encoders = self.per_modality(lambda m: default_encoder(m, 2 * self.latent_dim, hidden), encoders)
         self.gaussian = GaussianHead(min_scale)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
 
     def expert(self, batch: MultimodalBatch, name: str):
         """q_name(z | x_name): batch ``(B,)``, event ``(D,)``."""

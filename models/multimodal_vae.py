@@ -1,12 +1,15 @@
 """``MultimodalVAE``: p(z) Π_m p(x_m | z) as a Pyro program.
 
-Site-name convention (every ELBO, metric and sampler in the library relies on it):
+Site-name convention (:mod:`pyro_mmvae.sites`; every ELBO, metric and sampler in the library relies on it):
 
 - ``pyro.plate("data", B)`` around everything per data point (plate dim −1);
 - the shared latent is the site ``"z"`` with event shape ``(D,)``, scaled by β with
   ``poutine.scale`` (the guide scales its ``"z"`` site by the same β);
 - modality ``m`` is the observed site ``"x_m"``, masked by the batch's presence mask, so a missing
   modality contributes exactly zero.
+
+Subclasses with more latent sites override :meth:`MultimodalVAE.sample_latents` and
+:meth:`MultimodalVAE.decoder_input` (see :class:`~pyro_mmvae.models.private.PrivateLatentVAE`).
 
 Any Pyro function ``model(batch, beta=1.0)`` that follows the convention trains with the same
 ELBOs (see ``tutorials/01_write_a_multimodal_vae.ipynb``).
@@ -31,6 +34,9 @@ from ..data.modality import Modality
 from ..distributions.likelihoods import Likelihood
 from ..distributions.priors import make_prior
 from ..nn.networks import default_decoder
+from ..nn.per_modality import index_modalities, per_modality_modules
+from ..sites import DATA_PLATE, LATENT_SITE
+from .base import check_batch_modalities, observe_modalities
 
 
 class MultimodalVAE(PyroModule):
@@ -59,22 +65,15 @@ class MultimodalVAE(PyroModule):
         arch: str = "mlp",
     ):
         super().__init__()
-        self.modalities = {m.name: m for m in modalities}
-        if not self.modalities:
-            raise ValueError("a MultimodalVAE needs at least one modality")
+        self.modalities = index_modalities(modalities, "a MultimodalVAE")
         self.latent_dim = int(latent_dim)
         self.prior = prior if isinstance(prior, nn.Module) else make_prior(self.latent_dim, prior, num_components)
-        self.likelihoods = nn.ModuleDict({n: Likelihood(m) for n, m in self.modalities.items()})
-        decoders = dict(decoders or {})
-        unknown = set(decoders) - set(self.modalities)
-        if unknown:
-            raise KeyError(f"decoders given for unknown modalities {sorted(unknown)}")
-        self.decoders = nn.ModuleDict(
-            {
-                n: decoders.get(n) or default_decoder(m, self.latent_dim, self.likelihoods[n].param_shape, hidden, arch)
-                for n, m in self.modalities.items()
-            }
-        )
+        self.likelihoods = per_modality_modules(self.modalities, Likelihood)
+
+        def decoder(m: Modality) -> nn.Module:
+            return default_decoder(m, self.latent_dim, self.likelihoods[m.name].param_shape, hidden, arch)
+
+        self.decoders = per_modality_modules(self.modalities, decoder, decoders, "decoders", owner="model")
 
     @property
     def names(self) -> list[str]:
@@ -107,21 +106,24 @@ class MultimodalVAE(PyroModule):
         return self.prior_dist().sample((num_samples,))
 
     # ------------------------------------------------------------------ the Pyro program
+    def sample_latents(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Sample the latent sites (inside the data plate and β-scale): ``{"z": (*particles, B, D)}``."""
+        return {LATENT_SITE: pyro.sample(LATENT_SITE, self.prior_dist().expand([batch_size]))}
+
+    def decoder_input(self, name: str, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """What modality ``name``'s decoder reads from the sampled ``latents``: z ``(*lead, D)``."""
+        return latents[LATENT_SITE]
+
     def forward(self, batch: MultimodalBatch, beta: float = 1.0):
-        """Run the generative program, observing every present modality of ``batch``."""
-        unknown = [n for n in batch.names if n not in self.modalities]
-        if unknown:
-            raise KeyError(f"unknown modality name(s) {unknown}; this model has {self.names}")
+        """Run the generative program, observing every present modality of ``batch``; returns z."""
+        check_batch_modalities(batch, self.modalities)
         # Read each ModuleDict once: every attribute access of a plain nn.Module on a PyroModule re-runs
         # pyro.module over ALL its parameters, which made a step cost O(M²) in the number of modalities.
         decoders, likelihoods = self.decoders, self.likelihoods
-        with pyro.plate("data", batch.batch_size):
+        with pyro.plate(DATA_PLATE, batch.batch_size):
             with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior_dist().expand([batch.batch_size]))
-            for name in self.names:
-                x = batch.data.get(name)
-                if x is None:
-                    continue
-                with poutine.mask(mask=batch.present[name]):
-                    pyro.sample(f"x_{name}", likelihoods[name](decoders[name](z)), obs=x)
-        return z
+                latents = self.sample_latents(batch.batch_size)
+            observe_modalities(
+                batch, self.names, lambda name: likelihoods[name](decoders[name](self.decoder_input(name, latents)))
+            )
+        return latents[LATENT_SITE]

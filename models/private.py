@@ -1,6 +1,7 @@
 """``PrivateLatentVAE``: shared and private latents, p(z′) Π_s p(z̃_s | z′) p(x_s | z′, z̃_s).
 
-The generative model of the paper's §3.2 / Appendix E. Site names extend the
+The generative model of §3.2 / Appendix E of "Learning multi-modal generative models with
+permutation-invariant encoders and tighter variational objectives". Site names extend the
 :class:`~pyro_mmvae.models.multimodal_vae.MultimodalVAE` convention:
 
 - ``pyro.plate("data", B)`` around everything per data point;
@@ -22,21 +23,15 @@ from collections.abc import Iterable, Mapping
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
-from ..data.batch import MultimodalBatch
 from ..data.modality import Modality
 from ..distributions.likelihoods import Likelihood
 from ..nn.networks import default_decoder
+from ..sites import LATENT_SITE, private_site
 from .multimodal_vae import MultimodalVAE
 
-PRIVATE_PREFIX = "w_"
-
-
-def private_site(name: str) -> str:
-    """The site name of modality ``name``'s private latent: ``"w_<name>"``."""
-    return f"{PRIVATE_PREFIX}{name}"
+__all__ = ["PrivateLatentVAE", "private_site"]  # private_site: re-exported from pyro_mmvae.sites
 
 
 class PrivateLatentVAE(MultimodalVAE):
@@ -118,24 +113,15 @@ class PrivateLatentVAE(MultimodalVAE):
         return {n: likelihoods[n].mean(decoders[n](self._decoder_input(n, z, w[n]))) for n in names}
 
     # ------------------------------------------------------------------ the Pyro program
-    def forward(self, batch: MultimodalBatch, beta: float = 1.0):
-        """Run the generative program; returns z′ (the private latents are sites ``"w_<s>"``)."""
-        unknown = [n for n in batch.names if n not in self.modalities]
-        if unknown:
-            raise KeyError(f"unknown modality name(s) {unknown}; this model has {self.names}")
-        # Read each ModuleDict once: every attribute access of a plain nn.Module on a PyroModule re-runs
-        # pyro.module over ALL its parameters, which made a step cost O(M²) in the number of modalities.
-        decoders, likelihoods = self.decoders, self.likelihoods
-        b = batch.batch_size
-        with pyro.plate("data", b):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior_dist().expand([b]))
-                private = {n: pyro.sample(private_site(n), self.private_prior_dist(z)) for n in self.names}
-            for name in self.names:
-                x = batch.data.get(name)
-                if x is None:
-                    continue
-                with poutine.mask(mask=batch.present[name]):
-                    params = decoders[name](self._decoder_input(name, z, private[name]))
-                    pyro.sample(f"x_{name}", likelihoods[name](params), obs=x)
-        return z
+    # forward (inherited) runs these inside the data plate; it returns z′, the private latents are sites "w_<s>".
+    def sample_latents(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """``{"z": (*particles, B, D), "w_<s>": (*particles, B, D̃) for every modality s}``, present or not."""
+        latents = super().sample_latents(batch_size)
+        z = latents[LATENT_SITE]
+        for name in self.names:
+            latents[private_site(name)] = pyro.sample(private_site(name), self.private_prior_dist(z))
+        return latents
+
+    def decoder_input(self, name: str, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[z′, z̃_name]`` from the sampled ``latents``: ``(*lead, D + D̃)``."""
+        return self._decoder_input(name, latents[LATENT_SITE], latents[private_site(name)])

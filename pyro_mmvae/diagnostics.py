@@ -10,9 +10,9 @@ entries, with the definitions of ArviZ 0.23 (Vehtari et al. 2021):
   indicator ESS), ``"mean"`` (split chains) and ``"sd"`` (split chains of (x − mean)²), each with
   Geyer's initial positive and monotone sequence on FFT autocovariances (``arviz.ess(method=...)``).
 
-ArviZ itself loops over the entries in Python (minutes for 10^4 targets × 20 dims); these take
-seconds. Everything that touches ArviZ (InferenceData, plots) is in this module, and ArviZ is
-imported lazily with its import/plotting warnings filtered narrowly.
+ArviZ itself loops over the entries in Python; these are vectorised over them. Everything that
+touches ArviZ (InferenceData, plots) is in this module, and ArviZ is imported lazily with its
+import/plotting warnings filtered narrowly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import fft, special
+
+from .sites import LATENT_SITE
 
 __all__ = [
     "diagnose",
@@ -43,7 +45,7 @@ def import_arviz():
     """``import arviz``, silencing only its once-a-day FutureWarning about the 1.x refactor."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
-        import arviz
+        import arviz  # lazily: optional and slow to import (seconds), needed only for InferenceData and plots
 
     return arviz
 
@@ -281,7 +283,7 @@ def worst_targets(summary: Mapping[str, np.ndarray], k: int = 10, by: str = "min
     ``by``: ``"min_ess_bulk"``/``"min_ess_tail"`` (smallest first), ``"max_rhat"`` or ``"divergences"``
     (largest first). The index is the target id (``target_ids`` or 0..N-1).
     """
-    import pandas as pd
+    import pandas as pd  # lazily: pandas is only needed for this table and slows down importing the library
 
     if by not in summary:
         raise KeyError(f"cannot rank by {by!r}; the summary has {sorted(summary)}")
@@ -295,7 +297,7 @@ def worst_targets(summary: Mapping[str, np.ndarray], k: int = 10, by: str = "min
 
 # ---------------------------------------------------------------------- ArviZ adapter
 def to_inference_data(
-    samples, sample_stats: Mapping | None = None, target_ids: Sequence | None = None, var_name: str = "z"
+    samples, sample_stats: Mapping | None = None, target_ids: Sequence | None = None, var_name: str = LATENT_SITE
 ):
     """ArviZ ``InferenceData`` with ``posterior[var_name]`` dims ``(chain, draw, target, zdim)``.
 
@@ -335,7 +337,7 @@ def plot_targets(
     out_dir,
     kinds: Sequence[str] = _PLOTS,
     zdims: Sequence[int] | None = None,
-    var_name: str = "z",
+    var_name: str = LATENT_SITE,
     prefix: str = "",
 ) -> list[Path]:
     """Trace, rank and pair plots of chosen targets, saved as PNG files; returns their paths.
@@ -344,6 +346,7 @@ def plot_targets(
     latent dimensions shown (default: the first 4 for pair plots, all for the others).
     """
     az = import_arviz()
+    # lazily, like ArviZ: matplotlib is an optional plotting dependency and slow to import
     import matplotlib.pyplot as plt
     from matplotlib import MatplotlibDeprecationWarning
 

@@ -21,7 +21,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_mmvae.data import Modality, MultimodalBatch
-from pyro_mmvae.metrics.linear_gaussian import LinearGaussian
+from pyro_mmvae.data.linear_gaussian import LinearGaussian
 
 DTYPE = torch.float64
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pyro_mmvae.cli import main
+from pyro_mmvae.infer.properness import ImproperPosteriorWarning
 from pyro_mmvae.infer.shared_info import SharedInfoLoss
-from pyro_mmvae.infer.subset_posterior import ImproperPosteriorWarning
 
 SMALL = ["--train-size", "256", "--val-size", "128", "--test-size", "128", "--batch-size", "64", "--no-progress"]
 

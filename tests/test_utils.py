@@ -8,7 +8,15 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_mmvae.utils import atomic_write, atomic_write_json, resolve_device, set_seed
+from pyro_mmvae.utils import (
+    atomic_write,
+    atomic_write_json,
+    command_line,
+    resolve_device,
+    run_record,
+    set_seed,
+    to_jsonable,
+)
 
 
 def _draws():
@@ -71,6 +79,18 @@ def test_atomic_write_json_round_trip(tmp_path):
     assert sorted(os.listdir(path.parent)) == ["config.json"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    umask = os.umask(0)  # read the umask: set it, then put it back at once (single-threaded test)
+    os.umask(umask)
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)  # replacing a file keeps its mode, as open(path, "w") does
+    atomic_write_json(path, {"a": 2})
+    assert path.stat().st_mode & 0o777 == 0o640 and json.loads(path.read_text()) == {"a": 2}
+
+
 def test_atomic_write_keeps_old_file_when_the_write_fails(tmp_path):
     path = tmp_path / "config.json"
     atomic_write_json(path, {"version": 1})
@@ -107,3 +127,26 @@ def test_atomic_write_json_unserialisable_touches_nothing(tmp_path):
         atomic_write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"version": 1}
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_to_jsonable_gives_plain_json():
+    x = {1: (np.float32(0.5), np.int64(3), float("nan")), "t": torch.zeros(2, 3), "o": object()}
+    x["ok"] = [True, None, "s"]
+    out = to_jsonable(x)
+    assert out == {"1": [0.5, 3, None], "t": {"tensor": [2, 3], "dtype": "torch.float32"}, "o": "<object>",
+                   "ok": [True, None, "s"]}  # fmt: skip
+    assert type(out["1"][1]) is int and json.loads(json.dumps(out, allow_nan=False)) == out
+    assert to_jsonable([float("inf"), -float("inf"), float("nan")], non_finite="repr") == ["inf", "-inf", "nan"]
+    with pytest.raises(ValueError, match="non_finite"):
+        to_jsonable(1.0, non_finite="zero")
+
+
+def test_run_record_names_command_date_and_machine():
+    rec = run_record(command_line("benchmarks/x.py", ["--out", "a b"]), device="cpu", threads=3, workers=2)
+    assert rec["command"] == "python benchmarks/x.py --out 'a b'"
+    assert list(rec)[:3] == ["command", "date", "machine"] and rec["workers"] == 2
+    assert rec["date"].endswith("+00:00")
+    m = rec["machine"]
+    assert m["threads"] == 3 and m["device"] == "cpu" and m["cpu_count"] == os.cpu_count()
+    assert m["torch"] == torch.__version__ and m["pyro"] == pyro.__version__ and m["cpu"]
+    assert json.loads(json.dumps(rec)) == rec

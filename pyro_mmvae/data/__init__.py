@@ -1,7 +1,8 @@
-"""Named-modality batches, datasets, validation and dataset generators."""
+"""Named-modality batches, datasets, validation, dataset generators and their linear-Gaussian ground truth."""
 
 from .batch import MultimodalBatch, Subset, collate
 from .dataset import MultimodalDataset, get_batch, iterate_batches, num_batches
+from .linear_gaussian import LinearGaussian
 from .modality import Modality, reconstruction_weights
 from .synthetic import (
     SyntheticData,
@@ -26,6 +27,7 @@ __all__ = [
     "num_batches",
     "reconstruction_weights",
     "SyntheticData",
+    "LinearGaussian",
     "bimodal_linear",
     "multimodal_linear",
     "ivae_bimodal",

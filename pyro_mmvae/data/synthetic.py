@@ -1,5 +1,8 @@
 """Seeded synthetic datasets of the permutation-invariant multimodal VAE paper (Tables 1-4).
 
+The paper: "Learning multi-modal generative models with permutation-invariant encoders and tighter
+variational objectives".
+
 Every generator draws from ``numpy.random.default_rng(seed)`` in a fixed, documented order, so a
 seed determines the data exactly. Each returns a :class:`SyntheticData`: ``MultimodalDataset``s
 (float32 data, presence masks, labels ``"z"`` = the true latents and, for the clustered data,
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from .dataset import MultimodalDataset
+from .linear_gaussian import LinearGaussian
 from .modality import Modality
 
 
@@ -36,10 +40,7 @@ class SyntheticData:
     truth: dict = field(default_factory=dict)
 
 
-def _linear_gaussian(W, b, noise_var):
-    # imported here: pyro_mmvae.data must not import pyro_mmvae.metrics at module load (import cycles)
-    from ..metrics.linear_gaussian import LinearGaussian
-
+def _linear_gaussian(W, b, noise_var) -> LinearGaussian:
     return LinearGaussian(torch.as_tensor(W), torch.as_tensor(b), torch.as_tensor(noise_var, dtype=torch.float64))
 
 

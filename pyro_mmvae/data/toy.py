@@ -1,5 +1,7 @@
 """Circles and squares: the toy bimodal dataset of the JNF paper (Section 4.1, Appendix A.4).
 
+The JNF paper: "Bridging the inference gap in Multimodal Variational Autoencoders".
+
 Each data point is a pair of 32×32 black-and-white images, a centred square (modality ``square``)
 and a centred circle (modality ``circle``). Widths are independent integers, uniform in
 [10, 28] pixels. The class *full* (1) or *empty* (0, a 2-pixel outline) is shared by both images.

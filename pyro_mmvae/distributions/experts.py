@@ -8,7 +8,9 @@ different subset S:
 - ``mask``: bool ``(*batch, M)``; ``mask[..., m]`` says expert ``m`` belongs to the row's S.
 
 Masked experts never enter through multiplication: ``torch.where`` replaces their contribution, so
-a NaN/inf computed from a missing modality cannot leak into the result.
+a NaN/inf computed from a missing modality cannot leak into the result. "The paper" below is
+"Learning multi-modal generative models with permutation-invariant encoders and tighter variational
+objectives".
 
 :class:`DiagNormalMixture` is the one non-Gaussian family the aggregation guides return (MoE,
 MoPoE, mixture-head set encoders). It draws samples with pathwise (implicitly reparameterised)
@@ -63,7 +65,7 @@ def gaussian_product(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Product of the Gaussian experts selected by ``mask`` and an always-on prior expert.
 
-    With precisions ``1/v_s`` over ``S ∪ {0}`` (0 = the prior expert):
+    With precisions ``1/v_s`` over ``S ∪ {0}`` (0 = the prior expert)::
 
         P = Σ 1/v_s,  var = 1/P,
         loc = Σ (μ_s / v_s) / P          (``mean="correct"``, the product's true mean)
@@ -294,7 +296,7 @@ def mixture_of_products(
 
     Args:
         locs, variances: ``(*batch, M, D)``; mask: bool ``(*batch, M)``; mean: as in
-        :func:`gaussian_product`.
+            :func:`gaussian_product`.
 
     Returns:
         A :class:`DiagNormalMixture` with K = 2^M components (component c = the subset with binary

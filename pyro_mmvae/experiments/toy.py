@@ -1,7 +1,9 @@
-"""The circles/squares experiment (JNF paper, Section 4.1): data, networks, evaluation, figures.
+"""The circles/squares experiment of "Bridging the inference gap in Multimodal Variational Autoencoders"
+(Section 4.1): data, networks, evaluation, figures.
 
-Used by ``pyro-mmvae train --dataset toy``. Networks are MLPs on the flattened 32×32 images
-(fast on CPU); the latent space is 2-D so it can be drawn (paper Figure 2, left).
+Used by the staged pipeline :mod:`pyro_mmvae.experiments.jnf_pipeline` (``pyro-mmvae train --dataset toy``).
+Networks are MLPs on the flattened 32×32 images (fast on CPU); the latent space is 2-D so it can be
+drawn (the paper's Figure 2, left).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import torch
 from .. import plots
 from ..data import CirclesSquares, iterate_batches
 from ..data.toy import centre_fill_classifier
+from ..guides import FlowExpertGuide, JointGuide
 from ..infer.elbo import BetaELBO
 from ..metrics.coherence import conditional_coherence, joint_coherence
+from ..models import MultimodalVAE
+from ..nn.projectors import make_projectors
 
 CLASS_NAMES = ("empty", "full")
 CLASS_CMAPS = ("Reds", "Blues")  # as in the paper's figure: full shapes blue, empty ones red
@@ -32,9 +37,6 @@ def build_data(train_size: int, val_size: int, test_size: int, seed: int):
 
 def build_joint_vae(latent_dim: int, hidden=(512, 512), head_dim: int = 256, prior: str = "normal"):
     """``(model, guide)``: a Bernoulli-likelihood MultimodalVAE and its JointGuide."""
-    from ..guides import JointGuide
-    from ..models import MultimodalVAE
-
     mods = CirclesSquares.modalities
     model = MultimodalVAE(mods, latent_dim, prior=prior, hidden=hidden)
     guide = JointGuide(mods, latent_dim, head_dim=head_dim, hidden=hidden, merge_hidden=(512, 512))
@@ -147,8 +149,6 @@ EXPERT_VARIANTS = {
 def build_experts(latent_dim: int, variant: str, projectors=None, hidden=(512, 512), seed: int = 0):
     """Unimodal experts q_j(z|x_j): ``"gaussian"``, ``"flow"`` (2 MAF blocks) or ``"shared"``
     (flow on frozen projections g_j(x_j), JNF-Shared)."""
-    from ..guides import FlowExpertGuide
-
     mods = CirclesSquares.modalities
     if variant == "shared":
         if projectors is None:
@@ -160,8 +160,7 @@ def build_experts(latent_dim: int, variant: str, projectors=None, hidden=(512, 5
 
 
 def build_projectors(out_dim: int = 10, hidden=(256, 256)):
-    from ..nn.projectors import make_projectors
-
+    """The JNF-Shared projectors g_j: one MLP per modality onto an ``out_dim``-d feature."""
     return make_projectors(CirclesSquares.modalities, out_dim=out_dim, hidden=hidden)
 
 

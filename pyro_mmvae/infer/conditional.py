@@ -1,11 +1,12 @@
 """Conditional generation: draw z given any observed subset S and decode the other modalities.
 
-Which posterior answers depends on S (JNF, paper 000 Section 3.3):
+Which posterior answers depends on S (JNF: "Bridging the inference gap in Multimodal Variational
+Autoencoders", Section 3.3):
 
 - |S| = 1: the unimodal expert q_j(z | x_j) (a flow or a Gaussian), sampled directly;
 - S = every modality of the model: the joint encoder q(z | X);
 - otherwise: the subset posterior p(z | x_S) ∝ Π_{j∈S} q_j(z|x_j) / p(z)^{|S|−1}, sampled by
-  :class:`~pyro_mmvae.infer.hmc.BatchedHMC` (one independent target per data point).
+  :class:`~pyro_mmvae.infer.mcmc.BatchedHMC` (one independent target per data point).
 
 ``method="mcmc"`` forces the subset posterior for any |S| ≥ 1 (useful to compare with the joint
 encoder).
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.batch import MultimodalBatch
+from .mcmc import sample_subset_posterior
+from .subset_posterior import SubsetPosterior
 
 
 @dataclass
@@ -62,7 +65,7 @@ def sample_latents(
 ) -> tuple[torch.Tensor, str, dict]:
     """Draw ``(num_samples, B, D)`` latents given the modalities ``given``; see the module docstring.
 
-    ``improper`` is passed to :func:`~pyro_mmvae.infer.hmc.sample_subset_posterior`: with ``"warn"``
+    ``improper`` is passed to :func:`~pyro_mmvae.infer.mcmc.sample_subset_posterior`: with ``"warn"``
     the rows whose subset posterior is improper get meaningless latents, listed in
     ``diagnostics["run"].escaped_points`` and by an ``ImproperPosteriorWarning``.
     """
@@ -79,9 +82,6 @@ def sample_latents(
         return experts.posterior(batch, given).sample((num_samples,)), "expert", {}
     if prior is None:
         raise ValueError("the subset posterior needs the prior p(z)")
-    from .hmc import sample_subset_posterior
-    from .subset_posterior import SubsetPosterior
-
     with torch.enable_grad():
         target = SubsetPosterior.from_guide(experts, batch, given, prior)
         chains = max(1, min(num_chains, num_samples))

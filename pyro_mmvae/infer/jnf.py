@@ -1,4 +1,6 @@
-"""``JNFLoss``: the stage-2 objective of JNF / JNF-Shared (paper 000, Eq. 7-8 and 15).
+"""``JNFLoss``: the stage-2 objective of JNF / JNF-Shared (Eq. 7-8 and 15).
+
+From "Bridging the inference gap in Multimodal Variational Autoencoders".
 
 With the generative model and the joint encoder q(z | X) frozen, the unimodal posteriors q_j are
 fitted by minimising, per data point X = (x_1, …, x_M),

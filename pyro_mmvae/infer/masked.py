@@ -1,5 +1,8 @@
 """Subset objectives of permutation-invariant multimodal VAEs: the masked bound and its siblings.
 
+From "Learning multi-modal generative models with permutation-invariant encoders and tighter
+variational objectives" ("the paper" below).
+
 For every data point with observed modalities M, a mask sampler ρ draws S ⊆ M (see
 :mod:`pyro_mmvae.infer.masks`); \\S = M ∖ S. Two independent draws are made,
 z_S ~ q(·|x_S) and z_M ~ q(·|x_M), and q̄ is q with stop-gradient parameters (STL).
@@ -30,7 +33,7 @@ the sites' ``poutine.scale`` in model and guide, so it multiplies every log p(z)
 Reconstruction weights w_s multiply log p(x_s|·) in training only (``weighted=False`` evaluates
 the plain bound).
 
-Special cases: S = M ⇒ L_\\S = 0 (set exactly, which also drops its zero-mean STL score noise);
+Special cases: S = M ⇒ ``L_\\S = 0`` (set exactly, which also drops its zero-mean STL score noise);
 S = ∅ ⇒ L_∅ = β[log p(z_∅) − log q̄(z_∅|∅)], a one-sample estimate of −β KL(q(·|∅) ‖ p).
 
 With L particles the loss is −mean_b [logsumexp_l L̂_{b,l} − log L] (importance weighting of the
@@ -43,151 +46,14 @@ or as ``MaskedELBO()(model, guide)`` → an ``nn.Module`` for plain torch optimi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 import torch
-from pyro.poutine import replay
 
 from ..data.batch import MultimodalBatch, Subset
-from ..distributions.detach import detach_distribution
 from .elbo import LossELBO, _check_beta
 from .masks import make_mask_sampler
-from .traces import observation_weights, per_datapoint, sample_sites, site_log_prob, trace_guide, trace_model
-
-OBSERVED_PREFIX = "x_"
-
-
-# ---------------------------------------------------------------------------------------------- traces → terms
-def modality_of_site(site: str, batch: MultimodalBatch) -> str:
-    """The modality name of observed site ``"x_<name>"``; raises if the site breaks the convention."""
-    if not site.startswith(OBSERVED_PREFIX):
-        raise ValueError(f"observed site {site!r} does not follow the 'x_<modality>' naming convention")
-    name = site[len(OBSERVED_PREFIX) :]
-    if name not in batch.data:
-        raise KeyError(f"observed site {site!r} refers to modality {name!r}, which the batch lacks ({batch.names})")
-    return name
-
-
-def observed_log_probs(model_trace, batch: MultimodalBatch, weights: Mapping[str, float] | None = None):
-    """``{name: (L, B)}``: w_name · log p(x_name | latents of the trace), already zero where missing."""
-    b = batch.batch_size
-    out = {}
-    for site in sample_sites(model_trace, observed=True):
-        name = modality_of_site(site, batch)
-        lp = site_log_prob(model_trace, site, b)
-        if weights is not None and site in weights:
-            lp = lp * weights[site]
-        out[name] = lp
-    return out
-
-
-def masked_sum(terms: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Σ_name where(masks[name], terms[name], 0): ``(L, B)`` from ``(L, B)`` terms and ``(B,)`` masks."""
-    total = None
-    for name, lp in terms.items():
-        kept = torch.where(masks[name], lp, torch.zeros_like(lp))
-        total = kept if total is None else total + kept
-    if total is None:
-        raise ValueError("the model trace has no observed 'x_<name>' sites")
-    return total
-
-
-def latent_log_prob(trace, batch_size: int, detach: bool = False) -> torch.Tensor:
-    """Σ over the latent sites of a trace of their (β-scaled) log-densities, ``(L, B)``.
-
-    ``detach=True`` evaluates them under stop-gradient parameters (q̄, STL); gradients then flow
-    only through the sampled values.
-    """
-    names = sample_sites(trace, observed=False)
-    if not names:
-        raise ValueError("the trace has no latent sample sites (expected at least 'z')")
-    return per_datapoint(trace, names, batch_size, fn_override=detach_distribution if detach else None)
-
-
-def check_latent_sites(guide_trace, model_trace) -> None:
-    guide_sites = set(sample_sites(guide_trace, observed=False))
-    missing = [s for s in sample_sites(model_trace, observed=False) if s not in guide_sites]
-    if missing:
-        raise ValueError(
-            f"model latent site(s) {missing} are not sampled by the guide; every latent site of the model "
-            f"('z', 'w_<name>') needs a guide site of the same name (guide has {sorted(guide_sites)})"
-        )
-
-
-@dataclass
-class SubsetDraw:
-    """The per-data-point pieces of one draw, each ``(L, B)`` (particles × data points).
-
-    ``subset``/``rest``: per-row masks S and M∖S (``{name: BoolTensor(B,)}``).
-    ``recon_S``/``recon_M``: ``{name: w_name log p(x_name | z_S or z_M)}`` for EVERY present modality.
-    ``log_p_S``/``log_p_M``: β log p of the latents of each draw. ``log_q_S``/``log_q_M``: β log q(z_S|x_S),
-    β log q(z_M|x_M) (stop-gradient parameters when drawn with ``stl``). ``log_q_M_given_S``:
-    β log q(z_M | x_S), never detached. Parts that were not requested are ``None``.
-    """
-
-    subset: dict
-    rest: dict
-    present: dict
-    recon_S: dict | None = None
-    log_p_S: torch.Tensor | None = None
-    log_q_S: torch.Tensor | None = None
-    recon_M: dict | None = None
-    log_p_M: torch.Tensor | None = None
-    log_q_M: torch.Tensor | None = None
-    log_q_M_given_S: torch.Tensor | None = None
-
-
-def draw_subset_terms(
-    model,
-    guide,
-    batch: MultimodalBatch,
-    subset: Mapping[str, torch.Tensor],
-    beta: float = 1.0,
-    num_particles: int = 1,
-    stl: bool = False,
-    weights: Mapping[str, float] | None = None,
-    parts: Iterable[str] = ("S", "M", "cross"),
-) -> SubsetDraw:
-    """Trace guide and model for z_S ~ q(·|x_S) (part ``"S"``), z_M ~ q(·|x_M) (part ``"M"``) and
-    replay the guide with subset S on z_M (part ``"cross"``, needs ``"M"``).
-
-    ``subset`` must already be per-row masks within presence (``batch.subset_mask(...)``).
-    """
-    parts = set(parts)
-    unknown = parts - {"S", "M", "cross"}
-    if unknown:
-        raise ValueError(f"unknown parts {sorted(unknown)}; expected a subset of ('S', 'M', 'cross')")
-    b = batch.batch_size
-    present = batch.subset_mask(None)
-    rest = {n: present[n] & ~subset[n] for n in present}
-    out = SubsetDraw(subset=dict(subset), rest=rest, present=present)
-    if "S" in parts:
-        g = trace_guide(guide, batch, subset, beta, num_particles)
-        m = trace_model(model, g, batch, beta, num_particles)
-        check_latent_sites(g, m)
-        out.recon_S = observed_log_probs(m, batch, weights)
-        out.log_p_S = latent_log_prob(m, b)
-        out.log_q_S = latent_log_prob(g, b, detach=stl)
-    if "M" in parts or "cross" in parts:
-        g = trace_guide(guide, batch, None, beta, num_particles)
-        if "M" in parts:
-            m = trace_model(model, g, batch, beta, num_particles)
-            check_latent_sites(g, m)
-            out.recon_M = observed_log_probs(m, batch, weights)
-            out.log_p_M = latent_log_prob(m, b)
-            out.log_q_M = latent_log_prob(g, b, detach=stl)
-        if "cross" in parts:
-            # q(·|x_S) evaluated at z_M: gradients flow through its parameters AND through z_M.
-            cross = trace_guide(replay(guide, trace=g), batch, subset, beta, num_particles)
-            if set(sample_sites(cross, observed=False)) != set(sample_sites(g, observed=False)):
-                raise ValueError(
-                    "the guide samples different latent sites for subset S than for all modalities "
-                    f"({sorted(sample_sites(cross, observed=False))} vs {sorted(sample_sites(g, observed=False))}); "
-                    "q(z_M | x_S) needs every site (sample private latents of modalities outside S from their prior)"
-                )
-            out.log_q_M_given_S = latent_log_prob(cross, b)
-    return out
+from .traces import SubsetDraw, draw_subset_terms, masked_sum, observation_weights
 
 
 def _nonempty(masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -254,7 +120,7 @@ class _SubsetELBO(LossELBO):
 
 
 class MaskedELBO(_SubsetELBO):
-    """The masked multimodal bound L_S + L_\\S (Algorithms 1 and 2 of the permutation-invariant MVAE paper).
+    """The masked multimodal bound ``L_S + L_\\S`` (Algorithms 1 and 2 of the permutation-invariant MVAE paper).
 
     Args:
         num_particles: L importance particles per data point (L = 1: the plain bound).

@@ -2,13 +2,15 @@
 
 A mask sampler draws, for every data point, a subset S of its observed modalities M (the batch's
 presence masks). It is a callable ``sampler(batch) -> {name: BoolTensor(B,)}`` whose masks are
-always contained in the presence masks (S ⊆ M); S = ∅ and S = M are both allowed.
+always contained in the presence masks (S ⊆ M); S = ∅ and S = M are both allowed. "The paper"
+below is "Learning multi-modal generative models with permutation-invariant encoders and tighter
+variational objectives".
 
 Built-in samplers (``make_mask_sampler(kind)``):
 
 - ``"paper"`` — γ ~ U(0, 1) per data point, m_j ~ Bernoulli(γ) i.i.d. over modalities,
-  S = {j : m_j = 1} ∩ M. Then |S| is uniform on {0, …, |M|}: P(|S| = k) = 1/(|M| + 1), and given
-  |S| = k every k-subset of M is equally likely.
+  S = {j : m_j = 1} ∩ M. Then ``|S|`` is uniform on ``{0, …, |M|}``: ``P(|S| = k) = 1/(|M| + 1)``,
+  and given ``|S| = k`` every k-subset of M is equally likely.
 - ``"uniform"`` — the paper's published code: each observed modality is kept independently with
   probability ½, so S is uniform over the 2^|M| subsets of M.
 - ``"singletons"`` — S = {s} for one observed modality chosen uniformly per data point.

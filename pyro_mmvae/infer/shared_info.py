@@ -1,6 +1,7 @@
 """Objectives that teach projectors g_j the information modalities share (JNF-Shared, stage 0).
 
-Two objectives (paper 000, Appendix B), both summed over all pairs of modalities when M > 2:
+Two objectives (appendix B of "Bridging the inference gap in Multimodal Variational Autoencoders"), both
+summed over all pairs of modalities when M > 2:
 
 **DCCA** (B.1) — maximise the total canonical correlation of the projections. For a pair of
 feature batches H1 ``(n, k1)``, H2 ``(n, k2)``::
@@ -25,15 +26,15 @@ with u_i = H1_i/‖H1_i‖, v_i = H2_i/‖H2_i‖ and s_ij = u_i·v_j / τ, the 
 Missing modalities: a pair's loss uses only the rows where both modalities are present; a pair
 with fewer than two such rows (``min_rows``) is skipped.
 
-Training is one checkpointed, resumable stage of :func:`~pyro_mmvae.infer.fit.fit`:
+Training is one checkpointed, resumable stage of :func:`~pyro_mmvae.train.fit`:
 :class:`SharedInfoLoss` is the objective as a trainer loss, with the projectors (a name → module
-``nn.ModuleDict``) as the trained "guide" and an empty module as the "model"::
+``nn.ModuleDict``) as the trained "guide" and no generative model::
 
-    fit(nn.Module(), projectors, data, elbo=SharedInfoLoss("dcca"), epochs=5, batch_size=256,
-        params=projectors, train_mode_modules=[projectors], run_dir=run, stage="projectors", resume=True)
+    fit(None, projectors, data, SharedInfoLoss("dcca"), epochs=5, batch_size=256,
+        optimizer_kwargs={"weight_decay": 1e-4}, run_dir=run, stage="projectors", resume=True)
 
-:func:`train_projectors` is that call plus input checks and :func:`~pyro_mmvae.nn.projectors.freeze`
-of the projectors afterwards.
+:func:`pyro_mmvae.train.train_projectors` is that call plus input checks and
+:func:`~pyro_mmvae.nn.projectors.freeze` of the projectors afterwards.
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.batch import MultimodalBatch
-from ..nn.projectors import freeze
 from .elbo import LossELBO
-from .fit import fit
 
 OBJECTIVES = ("dcca", "contrastive")
 
@@ -62,7 +61,7 @@ def _check_pair(h1: torch.Tensor, h2: torch.Tensor) -> None:
         raise ValueError(f"need at least 2 rows to compare two views, got {h1.shape[0]}")
 
 
-def _check_objective(objective: str) -> None:
+def check_objective(objective: str) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
@@ -82,7 +81,7 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _check_projector_names(names: list, available, source: str) -> None:
+def check_projector_names(names: list, available, source: str) -> None:
     """At least two projectors, each for a modality that ``source`` (the batch or dataset, with ``available``) has."""
     if len(names) < 2:
         raise ValueError(f"need projectors for at least two modalities, got {names}")
@@ -158,7 +157,7 @@ def pairwise_loss(
 
     Returns the summed loss, or ``None`` when no pair has ``min_rows`` common rows.
     """
-    _check_objective(objective)
+    check_objective(objective)
     _check_min_rows(min_rows)
     names = list(features)
     if len(names) < 2:
@@ -200,8 +199,8 @@ class SharedInfoLoss(LossELBO):
     Design (as :class:`~pyro_mmvae.infer.jnf.JNFLoss`): the trainer calls
     ``differentiable_loss(model, guide, batch, beta=...)`` with the module being trained as
     ``guide``; here that is the projectors themselves, a name → module mapping (``nn.ModuleDict``)
-    with modules ``(B, *shape) → (B, k)``. ``model`` and ``beta`` do not enter the objective (``fit``
-    needs a model: pass an empty ``nn.Module()``, which keeps checkpoints to the projectors). The
+    with modules ``(B, *shape) → (B, k)``. ``model`` and ``beta`` do not enter the objective (give
+    ``fit`` ``None`` as the model). Weight decay is a setting of the optimizer, not of this loss. The
     loss holds no modules, so the projectors have one owner and checkpoints hold them once.
 
     A batch in which no pair has ``min_rows`` common rows contributes the empty sum 0, returned as
@@ -213,9 +212,6 @@ class SharedInfoLoss(LossELBO):
         top_k, ridge, eps: DCCA options (see :func:`dcca_loss`).
         temperature: InfoNCE τ (see :func:`info_nce_loss`).
         min_rows: skip a pair with fewer common rows in the batch (>= 2).
-        weight_decay: adds ½·wd·Σ‖θ‖² over the projector parameters that require grad; its gradient
-            wd·θ is what ``torch.optim.Adam(weight_decay=wd)`` adds, so training with it equals
-            Adam's (coupled) weight decay. The penalty is part of the loss value. Default 0.
     """
 
     def __init__(
@@ -226,26 +222,22 @@ class SharedInfoLoss(LossELBO):
         eps: float = 1e-9,
         temperature: float = 0.1,
         min_rows: int = 2,
-        weight_decay: float = 0.0,
     ):
-        _check_objective(objective)
+        check_objective(objective)
         _check_top_k(top_k)
         _check_temperature(temperature)
         _check_min_rows(min_rows)
-        if not float(weight_decay) >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(num_particles=1)
         self.objective = objective
         self.top_k = None if top_k is None else int(top_k)
         self.ridge, self.eps, self.temperature = float(ridge), float(eps), float(temperature)
         self.min_rows = min_rows
-        self.weight_decay = float(weight_decay)
 
     @staticmethod
     def features(projectors, batch: MultimodalBatch) -> dict[str, torch.Tensor]:
         """name → ``(B, k)`` projections ``g_j(x_j)`` of every row (missing rows too; the loss masks them)."""
         projectors = _as_projectors(projectors)
-        _check_projector_names(list(projectors), list(batch.data), "batch")
+        check_projector_names(list(projectors), list(batch.data), "batch")
         return {n: g(batch.data[n]) for n, g in projectors.items()}
 
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, beta: float = 1.0, **unused) -> torch.Tensor:
@@ -267,80 +259,4 @@ class SharedInfoLoss(LossELBO):
         )
         if loss is None:  # no pair shares min_rows rows: the empty sum, with no path to any parameter
             return torch.zeros((), device=batch.device, requires_grad=True)
-        if self.weight_decay > 0:
-            params = {id(p): p for g in projectors.values() for p in g.parameters() if p.requires_grad}
-            if params:
-                loss = loss + 0.5 * self.weight_decay * sum(p.square().sum() for p in params.values())
         return loss
-
-
-def train_projectors(
-    projectors: Mapping[str, nn.Module],
-    dataset,
-    objective: str = "dcca",
-    epochs: int = 10,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-    top_k: int | None = None,
-    ridge: float = 1e-3,
-    temperature: float = 0.1,
-    weight_decay: float = 0.0,
-    *,
-    run_dir=None,
-    stage: str = "projectors",
-    resume: bool = False,
-    device=None,
-) -> list[float]:
-    """Train projectors g_j jointly with DCCA or contrastive learning (one ``fit`` stage), then freeze them.
-
-    Args:
-        projectors: name → module ``(B, *shape) → (B, k)`` for at least two modalities of ``dataset``
-            (an ``nn.ModuleDict``, or a dict of modules: trained in place either way).
-        dataset: a :class:`~pyro_mmvae.data.MultimodalDataset` (anything :func:`~pyro_mmvae.infer.fit.fit`
-            accepts as ``train_data`` and that has ``names``).
-        objective: ``"dcca"`` or ``"contrastive"``.
-        epochs, batch_size, lr, weight_decay: Adam training schedule (``fit``'s batching: every row
-            is used each epoch, the last batch may be smaller; see :class:`SharedInfoLoss` for the
-            weight decay).
-        seed: ``fit``'s seed: the batch order of every epoch, and the global RNGs at the start of a
-            fresh run.
-        progress: show ``fit``'s progress bar.
-        top_k, ridge: DCCA options (see :func:`dcca_loss`); temperature: InfoNCE τ.
-        run_dir, stage: checkpoint the stage under ``<run_dir>/<stage>/`` (``None``: write nothing).
-        resume: continue ``<run_dir>/<stage>`` from its checkpoint; a finished stage is loaded, not retrained.
-        device: where to train; default: the device of the projectors' parameters.
-
-    Returns:
-        the mean training loss of each epoch (``fit``'s ``train_loss`` history: ``epochs`` floats,
-        also on the resume of a finished stage). The projectors end frozen (eval mode,
-        ``requires_grad=False``).
-    """
-    _check_objective(objective)
-    names = list(projectors)
-    _check_projector_names(names, dataset.names, "dataset")
-    module = projectors if isinstance(projectors, nn.ModuleDict) else nn.ModuleDict(dict(projectors))
-    first = next(module.parameters(), None)
-    if first is None:
-        raise ValueError("the projectors have no parameters to train")
-    result = fit(
-        nn.Module(),  # the objective has no generative model; an empty one keeps checkpoints to the projectors
-        module,
-        dataset,
-        elbo=SharedInfoLoss(objective, top_k=top_k, ridge=ridge, temperature=temperature, weight_decay=weight_decay),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        params=module,
-        train_mode_modules=[module],
-        run_dir=run_dir,
-        stage=stage,
-        resume=resume,
-        seed=seed,
-        device=first.device if device is None else device,
-        progress=progress,
-    )
-    for n in names:
-        freeze(module[n])
-    return result.train_loss

@@ -1,6 +1,7 @@
-"""Subset posteriors p(z | x_S) built from unimodal experts (JNF, Eq. 11-12).
+"""Subset posteriors p(z | x_S) built from unimodal experts.
 
-For a subset S of modalities and one data point,
+Following "Bridging the inference gap in Multimodal Variational Autoencoders" (Eq. 11-12), for a
+subset S of modalities and one data point,
 
     p(z | x_S) ∝ p(z) Π_{j∈S} q_j(z | x_j) / p(z)      i.e.
     log target(z) = log p(z) + Σ_{j∈S} [log q_j(z | x_j) − log p(z)],
@@ -16,13 +17,13 @@ Each data point may use its own subset: ``mask[j, n]`` says whether expert j ent
 data point n (a point with no expert left is distributed as the prior; one expert gives q_j itself).
 
 Shapes: ``log_prob(z)`` takes ``z`` of shape ``(*lead, N, D)`` (``lead`` e.g. chains) and returns
-``(*lead, N)``; ``N`` data points are N independent targets.
+``(*lead, N)``; ``N`` data points are N independent targets. The properness checks (exact for Gaussian
+experts, a tail probe for flows) live in :mod:`pyro_mmvae.infer.properness`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 
 import pyro.distributions as dist
@@ -30,21 +31,13 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from . import properness
+from .properness import ImproperPosteriorError
+
 __all__ = [
-    "ImproperPosteriorError",
-    "ImproperPosteriorWarning",
     "SubsetPosterior",
     "diagonal_gaussian_params",
-    "improper_points",
 ]
-
-
-class ImproperPosteriorError(ValueError):
-    """The subset posterior of some data points is not a distribution (not integrable)."""
-
-
-class ImproperPosteriorWarning(UserWarning):
-    """Some data points' subset posteriors are (or behave as) improper; their draws are meaningless."""
 
 
 def diagonal_gaussian_params(d: Distribution) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -327,7 +320,7 @@ class SubsetPosterior:
         """Data points whose Gaussian product has a non-positive precision in some dimension (Gaussian
         experts only; see :meth:`closed_form`)."""
         prec, _ = self._natural_parameters()
-        return (~(prec > 0)).any(-1).nonzero().flatten().tolist()
+        return properness.nonpositive_precision_points(prec)
 
     def closed_form(self) -> Distribution:
         """The exact Gaussian p(z | x_S) when the prior and every expert are diagonal Gaussians.
@@ -341,19 +334,10 @@ class SubsetPosterior:
                 prior); the message names those data points and dimensions.
         """
         prec, eta = self._natural_parameters()
-        bad = ~(prec > 0)
-        if bool(bad.any()):
-            points = bad.any(-1).nonzero().flatten().tolist()
-            shown = ", ".join(f"{n} (dims {bad[n].nonzero().flatten().tolist()})" for n in points[:10])
-            more = f" and {len(points) - 10} more" if len(points) > 10 else ""
-            raise ImproperPosteriorError(
-                f"the Gaussian subset posterior is improper (precision Σ_j Λ_j − (|S|−1) Λ_prior is not positive) "
-                f"for data points {shown}{more}: the experts there are broader than the prior"
-            )
+        properness.check_precision(prec)
         return dist.Normal(eta / prec, prec.rsqrt()).to_event(1)
 
     # ------------------------------------------------------------------ properness
-    @torch.no_grad()
     def rising_tails(
         self,
         max_radius: float = 100.0,
@@ -365,52 +349,19 @@ class SubsetPosterior:
     ) -> torch.Tensor:
         """Bool ``(N,)``: data points whose target still rises far out, with no barrier on the way there.
 
-        Dividing by p(z)^{|S|−1} multiplies by a density that grows in every direction, so the product of
-        the experts must fall off faster. Gaussian experts are settled exactly by :meth:`closed_form`;
-        flow experts have tails that training never sees. What matters for sampling is whether a chain
-        started near the data can run off. This probe starts, per data point, at the best of
-        ``num_bulk`` starting points (:meth:`initial_points`) and walks out along ``num_directions``
-        random unit directions and the ± coordinate axes, through ``num_radii`` radii spaced
-        geometrically from 0.5 to ``max_radius`` approximate posterior standard deviations
-        (:meth:`approximate_variance`). A point is flagged when along some ray the log target at
-        ``max_radius`` is at least the highest value seen near the data (the start and every probe out
-        to ``max_radius / 10``), while on the way out it never fell more than ``barrier`` nats below
-        the start: nothing holds a chain back from that region. A proper target is thousands of nats
-        lower at 100 standard deviations (the approximate standard deviations can be off several-fold:
-        the bulk of a flow target may reach 10 of them, hence the comparison with the best value near
-        the data rather than with the start).
-
-        Far regions behind a high barrier are not flagged on purpose: flows whose log-scales are
-        clamped (as Pyro's are) often rise again hundreds of standard deviations out, behind barriers
-        of millions of nats that no chain crosses; such targets are improper in the strict sense yet
-        sample well. A target that rises only between the probed rays, or that is flat rather than
-        rising, is not flagged either; sampling then reports its chains as escaped (see
-        :class:`~pyro_mmvae.infer.hmc.BatchedHMC`). The probe is deterministic given ``seed`` and does
-        not touch the global random state.
+        The tail probe :func:`pyro_mmvae.infer.properness.rising_tails` run on this target (Gaussian
+        experts are settled exactly by :meth:`closed_form` instead); deterministic given ``seed``, it
+        does not touch the global random state.
         """
-        if not max_radius > 5.0 or barrier < 0 or num_directions < 0 or num_radii < 2:
-            raise ValueError(
-                f"need max_radius > 5, barrier >= 0, num_directions >= 0, num_radii >= 2; got {max_radius}, "
-                f"{barrier}, {num_directions}, {num_radii}"
-            )
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            centre = self._best(self.initial_points(num_bulk))  # (N, D)
-            sd = self.approximate_variance().sqrt().to(centre)
-            eye = torch.eye(self.latent_dim, dtype=centre.dtype, device=centre.device)
-            dirs = torch.randn(num_directions, self.latent_dim, dtype=centre.dtype, device=centre.device)
-            dirs = torch.cat([dirs / dirs.norm(dim=-1, keepdim=True), eye, -eye])  # (K, D)
-        start = torch.nan_to_num(self.log_prob(centre), nan=-float("inf"))  # (N,)
-        radii = torch.logspace(math.log10(0.5), math.log10(max_radius), num_radii).tolist()
-        best_near = start.clone()  # highest log target seen near the data, (N,)
-        lowest = torch.full((dirs.shape[0], self.num_data), float("inf"), dtype=centre.dtype, device=centre.device)
-        for r in radii:
-            lp = torch.nan_to_num(self.log_prob(centre + r * sd * dirs[:, None, :]), nan=-float("inf"))  # (K, N)
-            lowest = torch.minimum(lowest, lp)
-            if r <= max_radius / 10:
-                best_near = torch.maximum(best_near, lp.amax(0))
-        open_path = lowest >= start - barrier
-        return ((lp >= best_near) & open_path).any(0)
+        return properness.rising_tails(
+            self,
+            max_radius=max_radius,
+            barrier=barrier,
+            num_directions=num_directions,
+            num_radii=num_radii,
+            num_bulk=num_bulk,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ initialisation
     def _expert_points(self, num_draws: int) -> torch.Tensor:
@@ -427,13 +378,9 @@ class SubsetPosterior:
             pass
         return torch.cat(cands)
 
-    @torch.no_grad()
     def _best(self, cands: torch.Tensor) -> torch.Tensor:
         """Per data point, the candidate ``(K, N, D)`` with the highest target density → ``(N, D)``."""
-        lp = self.log_prob(cands)
-        lp = torch.where(torch.isnan(lp), torch.full_like(lp, -float("inf")), lp)
-        idx = lp.argmax(0)
-        return cands.gather(0, idx[None, :, None].expand(1, self.num_data, self.latent_dim)).squeeze(0)
+        return properness.highest_density_point(self, cands)
 
     @torch.no_grad()
     def initial_point(self, num_draws: int = 16) -> torch.Tensor:
@@ -499,17 +446,3 @@ class SubsetPosterior:
             cands = torch.cat([e.sample((num_draws,)) for e in self.experts.values()])
             out.append(self._best(cands))
         return torch.stack(out)
-
-
-def improper_points(target) -> tuple[list[int], str]:
-    """``(points, check)``: the data points whose subset posterior is improper, and the check used.
-
-    Exact for Gaussian targets (the closed form's precision); the tail probe
-    :meth:`SubsetPosterior.rising_tails` for others; ``([], "")`` for targets with neither.
-    """
-    if getattr(target, "is_gaussian", False):
-        return target.improper_points(), "precision Σ_j Λ_j − (|S|−1) Λ_prior not positive"
-    if hasattr(target, "rising_tails"):
-        bad = target.rising_tails()
-        return bad.nonzero().flatten().tolist(), "the log density rises far from the data (tail probe)"
-    return [], ""

@@ -10,8 +10,10 @@ Joint: A = M (every present modality). Marginal: A = S. Conditional:
 log p̂(x_E | x_C) = log p̂(x_{E∪C}) − log p̂(x_C); with E = M this is log p̂(x) − log p̂(x_C).
 Rows with A = ∅ get log p(x_∅) = 0 exactly.
 
-Reconstruction weights are NOT applied (evaluation sees the plain model) and β = 1. Particles are
-processed ``chunk`` at a time (vectorised by a plate left of the data plate) to bound memory.
+Tables cited below are those of "Learning multi-modal generative models with permutation-invariant
+encoders and tighter variational objectives". Reconstruction weights are NOT applied (evaluation
+sees the plain model) and β = 1. Particles are processed ``chunk`` at a time (vectorised by a
+plate left of the data plate) to bound memory.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import torch
 
 from ..data.batch import MultimodalBatch, Subset
 from ..data.dataset import iterate_batches
-from ..infer.masked import check_latent_sites, latent_log_prob, masked_sum, observed_log_probs
-from ..infer.traces import run_pair
+from ..infer.traces import check_latent_sites, latent_log_prob, masked_sum, observed_log_probs, run_pair
 
 
 def _stacked(masks: dict) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Mean correlation coefficient (MCC) between true and inferred latents, with and without CCA alignment.
 
-Protocol (identifiability experiments of the permutation-invariant MVAE paper, after Khemakhem et
-al.): draw ONE ẑ ~ q(z | x) per data point, split the rows into halves (first ⌊N/2⌋ rows fit,
-the next ⌊N/2⌋ evaluate), and report
+Protocol (identifiability experiments of "Learning multi-modal generative models with
+permutation-invariant encoders and tighter variational objectives", after Khemakhem et al.): draw
+ONE ẑ ~ q(z | x) per data point, split the rows into halves (first ⌊N/2⌋ rows fit, the next ⌊N/2⌋
+evaluate), and report
 
 - ``weak_out``: fit CCA on half 1, transform half 2, then the mean absolute correlation of the
   canonical variate pairs after Hungarian matching (identifiability up to an affine map);

@@ -1,5 +1,8 @@
 """Multimodal rates and distortions (the information-theoretic quantities of Table 1).
 
+Table 1 of "Learning multi-modal generative models with permutation-invariant encoders and tighter
+variational objectives".
+
 For a data point with observed modalities M and a subset S ⊆ M (\\S = M ∖ S), with single draws
 z_M ~ q(·|x_M) and z_S ~ q(·|x_S)::
 
@@ -21,8 +24,8 @@ import torch
 
 from ..data.batch import MultimodalBatch, Subset
 from ..data.dataset import iterate_batches
-from ..infer.masked import draw_subset_terms, masked_sum
 from ..infer.masks import make_mask_sampler
+from ..infer.traces import draw_subset_terms, masked_sum
 
 QUANTITIES = ("full_reconstruction", "full_rate", "cross_prediction", "cross_rate")
 

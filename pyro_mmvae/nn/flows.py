@@ -41,24 +41,13 @@ straight-through clamp (the value is clamped, the gradient passes as if it were 
 ``identity_init=True`` (default) each block's last layer is zero-initialised, so the flow starts as
 the identity and q starts as its Gaussian base.
 
-Cost, measured by ``benchmarks/flow_cost.py`` (full table: ``benchmarks/results/flow_cost_cpu.md``)
-on a 2-core CPU shared with other jobs (load average 3.7-5; 1 thread; minimum of 60 runs, so read
-them as upper bounds), 2 blocks, hidden (128, 128), N = 1000 experts with encoder outputs fixed,
-z of shape (N, D):
-
-=========  ============================  ==========================
-D = 20     log_prob + grad at any z      one draw per expert
-=========  ============================  ==========================
-gaussian   0.23 ms                       0.12 ms
-maf        3.8 ms (conditional 4.6)      60 ms (D = 20 sequential passes)
-coupling   4.4 ms (conditional 7.5)      1.5 ms
-Pyro IAF   154 ms (D passes)             1.6 ms   (not offered; comparison only)
-=========  ============================  ==========================
-
-At D = 2: maf 2.9 ms / 2.3 ms, coupling 3.1 ms / 1.1 ms. With z of shape (4, N, D) the costs
-scale about linearly (D = 20: maf and coupling ≈ 27 ms per log_prob + grad). Use "maf" (the
-paper's choice) or "coupling" wherever densities are evaluated at arbitrary points (stage-2
-training, HMC); "coupling" when sampling q_j directly is frequent.
+Cost: ``log_prob`` (and its gradient) at an arbitrary z is one network pass per block for both
+kinds; one draw is D sequential passes per block for ``"maf"`` and one pass for ``"coupling"``.
+Measured times (Gaussian, maf, coupling and Pyro's IAF for comparison, D = 2 and 20):
+``benchmarks/results/flow_cost_cpu.md``, written by ``benchmarks/flow_cost.py``. Use ``"maf"``
+(the choice of "Bridging the inference gap in Multimodal Variational Autoencoders") or
+``"coupling"`` wherever densities are evaluated at arbitrary points (stage-2 training, HMC);
+``"coupling"`` when sampling q_j directly is frequent.
 
 The straight-through clamp of the log-scales makes the z-gradient differ from the gradient of
 the evaluated density only where a log-scale sits at its clamp; the gradient is still a fixed

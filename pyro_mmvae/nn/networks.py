@@ -182,7 +182,7 @@ def exp_linear(raw: torch.Tensor, knee: float = EXP_LINEAR_KNEE) -> torch.Tensor
     modalities at width 128). ``exp(ℓ)`` would turn linear growth in |S| into exponential growth of
     σ and overflow float32 (σ² = inf from ℓ ≈ 44, then NaN log-densities); the tangent continuation
     keeps σ linear in ℓ there. With the knee at 5 (σ ≈ 148, far wider than any posterior under a
-    unit-scale prior) value and gradient equal the spec's ``exp(ℓ)`` wherever a trained guide lives.
+    unit-scale prior) value and gradient equal the published ``exp(ℓ)`` wherever a trained guide lives.
     """
     # The clamp keeps the unused exp branch finite (an inf there would give NaN gradients through where).
     return torch.where(raw < knee, raw.clamp(max=knee).exp(), math.exp(knee) * (1.0 + raw - knee))

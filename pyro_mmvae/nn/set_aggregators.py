@@ -19,8 +19,9 @@ All networks broadcast over leading dimensions; a condition ``c`` of shape ``(*l
 carry extra leading dimensions (e.g. particles) that broadcast against ``(*lead, M, E)``.
 
 :class:`SetGaussianHead` turns a set network's output ``[μ, ℓ]`` into a Gaussian's ``(loc, scale)``
-with ``σ = min_scale + exp_linear(ℓ)``: the spec's exp(ℓ) up to a knee, linear beyond it (see
-:func:`exp_linear` for why a sum over the set needs that).
+with ``σ = min_scale + exp_linear(ℓ)``: the exp(ℓ) of "Learning multi-modal generative models with
+permutation-invariant encoders and tighter variational objectives" up to a knee, linear beyond it
+(see :func:`exp_linear` for why a sum over the set needs that).
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ class EquivariantSumPooling(_SumPoolingNetwork):
 
     Args:
         in_dim: E; cond_dim: C (the size of the condition, e.g. the shared latent z');
-        out_dim: output per element; hidden, pooled_dim, num_hidden, activation: as in
-        :class:`SumPooling` (χ0, χ1, χ2: → H (×num_hidden) → P; ρ: P → H (×num_hidden) → out).
+            out_dim: output per element; hidden, pooled_dim, num_hidden, activation: as in
+            :class:`SumPooling` (χ0, χ1, χ2: → H (×num_hidden) → P; ρ: P → H (×num_hidden) → out).
 
     ``h (*lead, M, E)``, ``mask (*lead, M)``, ``c (*lead_c, C)`` with ``lead_c`` broadcasting
     against ``lead``. Outputs at positions outside S are finite but meaningless.

@@ -9,10 +9,10 @@ from torch import nn
 from pyro_mmvae.data.dataset import MultimodalDataset
 from pyro_mmvae.guides.flow import FlowExpertGuide
 from pyro_mmvae.guides.joint import JointGuide
-from pyro_mmvae.infer.fit import fit
 from pyro_mmvae.infer.jnf import JNFLoss
 from pyro_mmvae.models.multimodal_vae import MultimodalVAE
 from pyro_mmvae.nn.projectors import make_projector
+from pyro_mmvae.train import fit
 from tests.common import small_batch, small_modalities
 
 D = 2

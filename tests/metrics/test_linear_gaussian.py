@@ -7,16 +7,8 @@ import torch
 from torch import nn
 
 from pyro_mmvae.data import Modality
-from pyro_mmvae.metrics.linear_gaussian import (
-    LinearGaussian,
-    affine_params,
-    gaussian_log_prob,
-    gaussian_mle,
-    linear_decoder_model,
-    ppca_mle,
-    relative_llh_gap,
-    stack_modalities,
-)
+from pyro_mmvae.data.linear_gaussian import LinearGaussian, gaussian_log_prob, gaussian_mle, ppca_mle
+from pyro_mmvae.metrics.linear_gaussian import affine_params, linear_decoder_model, relative_llh_gap, stack_modalities
 from pyro_mmvae.models import MultimodalVAE
 from tests.exact_linear import draw_data
 

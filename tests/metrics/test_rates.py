@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_mmvae.data import MultimodalDataset
-from pyro_mmvae.infer.masked import draw_subset_terms, masked_sum
+from pyro_mmvae.infer.traces import draw_subset_terms, masked_sum
 from pyro_mmvae.metrics.rates import dataset_rates_and_distortions, rates_and_distortions
 from tests.exact_linear import (
     DIMS,

@@ -1,4 +1,4 @@
-"""β schedules and learning-rate schedules for :func:`~pyro_mmvae.infer.fit.fit`.
+"""β schedules and learning-rate schedules for :func:`~pyro_mmvae.train.fit`.
 
 β schedules are evaluated ONCE PER EPOCH, at the 0-based epoch index ``e``: every step of epoch
 ``e`` uses β(e). (Per-epoch values do not depend on the number of steps per epoch, which keeps
@@ -105,7 +105,7 @@ def as_beta_schedule(beta: float | Schedule) -> Schedule:
         return beta
     if callable(beta):
         raise TypeError(
-            "beta must be a number or a pyro_mmvae.infer.schedules.Schedule (subclass Schedule and implement "
+            "beta must be a number or a pyro_mmvae.train.Schedule (subclass Schedule and implement "
             "value(epoch), final and config()), got a plain callable"
         )
     return Constant(beta)

@@ -1,13 +1,28 @@
-"""Smoke tests of the Tables 1-4 reproduction script's machinery (tiny data, one epoch)."""
+"""Smoke tests of the Tables 1-4 reproduction (pyro_mmvae.experiments.pi_tables and its command), tiny data,
+one epoch; and of the published-numbers loader."""
 
 from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 
 import pytest
 import torch
 
+from pyro_mmvae.data.synthetic import multimodal_linear
+from pyro_mmvae.experiments.pi_tables import (
+    LAYOUT,
+    METRICS,
+    OBJECTIVES,
+    PUBLISHED,
+    Row,
+    build_model,
+    check_claims,
+    llh_gap,
+)
+from pyro_mmvae.experiments.pi_tables.published import load_published
+from pyro_mmvae.metrics.linear_gaussian import linear_decoder_model
 from tests.benchmark_scripts import benchmark_script
 
 
@@ -49,47 +64,44 @@ def test_one_table_one_aggregator_end_to_end(script, tmp_path):
     assert more["tables"]["1"]["sections"]["main"]["SumPooling"]["masked"]["llh_gap"]["n"] == 2
 
 
-def test_claims_on_published_numbers(script):
-    t3 = script.check_claims(3, script.PUBLISHED[3])["main"]
+def test_claims_on_published_numbers():
+    t3 = check_claims(3, PUBLISHED[3])["main"]
     assert t3["masked_ge_mixture_llh"]["all"] is True
     assert t3["learned_ge_fixed_llh"] == {"masked": True, "mixture": True}
     assert t3["gmm_mixture_best_llh"]["masked_best_row"] == "SumPoolingMixture (GMM prior)"
     # in the paper's own Table 2 (sparse part) the PoE has the best MCC, so that claim fails there
-    t2 = script.check_claims(2, script.PUBLISHED[2])["sparse"]
+    t2 = check_claims(2, PUBLISHED[2])["sparse"]
     assert t2["learned_ge_fixed_mcc"]["masked"] is False
     # Table 4, η = 0.5, mixture bound: the best row is SumPooling with the GMM prior, not a mixture encoder
-    t4 = script.check_claims(4, script.PUBLISHED[4])["eta=0.5"]
+    t4 = check_claims(4, PUBLISHED[4])["eta=0.5"]
     assert t4["gmm_mixture_best_llh"]["mixture"] is False
 
 
-def test_diverged_values_count_as_worst(script):
+def test_diverged_values_count_as_worst():
     sections = {
         "main": {
             "PoE": {"masked": {"llh": {"mean": None}}, "mixture": {"llh": {"mean": -10.0}}},
             "MoE": {"masked": {"llh": {"mean": -5.0}}, "mixture": {"llh": {"mean": None}}},
         }
     }
-    claims = script.check_claims(3, sections)["main"]["masked_ge_mixture_llh"]
+    claims = check_claims(3, sections)["main"]["masked_ge_mixture_llh"]
     assert claims["PoE"] is False and claims["MoE"] is True and claims["all"] is False
     assert claims["SumPooling"] is None  # not run yet: undecided, not failed
 
 
-def test_pending_rows_leave_claims_undecided(script):
+def test_pending_rows_leave_claims_undecided():
     cell = {"masked": {"llh": {"mean": -15.0}}, "mixture": {"llh": {"mean": -18.0}}}
-    claims = script.check_claims(3, {"main": {"SumPooling": cell, "SelfAttention": cell}})["main"]
+    claims = check_claims(3, {"main": {"SumPooling": cell, "SelfAttention": cell}})["main"]
     assert claims["masked_ge_mixture_llh"]["SumPooling"] is True
     assert claims["masked_ge_mixture_llh"]["all"] is None
     assert claims["learned_ge_fixed_llh"] == {"masked": None, "mixture": None}
     assert claims["gmm_mixture_best_llh"]["masked"] is None
 
 
-def test_private_latent_rows_use_the_library_linear_model(script):
-    from pyro_mmvae.data.synthetic import multimodal_linear
-    from pyro_mmvae.metrics.linear_gaussian import linear_decoder_model
-
+def test_private_latent_rows_use_the_library_linear_model():
     data = multimodal_linear(num_samples=20, sparse=True, seed=0)
-    row = script.Row("SumPooling", "SumPooling", private=True)
-    model = script.build_model(2, row, data.modalities)
+    row = Row("SumPooling", "SumPooling", private=True)
+    model = build_model(2, row, data.modalities)
     lg = linear_decoder_model(model)
     g = torch.Generator().manual_seed(1)
     z, w = torch.randn(3, 5, generator=g), {n: torch.randn(3, 5, generator=g) for n in model.names}
@@ -99,7 +111,7 @@ def test_private_latent_rows_use_the_library_linear_model(script):
     assert lg.noise_var.allclose(torch.full_like(lg.noise_var, (1 + 1e-3) ** 2))
     # the gap itself, on enough rows for a full-rank PPCA MLE (Dx = Σ D_s ≈ 225 < N)
     big = multimodal_linear(num_samples=400, sparse=True, seed=0)
-    assert math.isfinite(script.llh_gap(model, big.train, 30))
+    assert math.isfinite(llh_gap(model, big.train, 30))
 
 
 def test_table_2_sparse_rows_evaluate_end_to_end(script, tmp_path):
@@ -115,3 +127,26 @@ def test_table_2_sparse_rows_evaluate_end_to_end(script, tmp_path):
         summary = cell["masked"][metric]
         assert summary["n"] == 1 and summary["failed"] == 0 and math.isfinite(summary["mean"])
     assert 0 <= cell["masked"]["mcc"]["mean"] <= 1
+
+
+def test_published_numbers_are_the_package_data_file():
+    raw = json.loads(resources.files("pyro_mmvae.experiments.pi_tables").joinpath("published.json").read_text())
+    assert PUBLISHED == {int(t): sections for t, sections in raw.items()} and load_published() is PUBLISHED
+    for t, sections in PUBLISHED.items():
+        assert set(sections) <= {sec.name for sec in LAYOUT[t]}
+        for sec_name, rows in sections.items():
+            labels = {r.label for sec in LAYOUT[t] if sec.name == sec_name for r in sec.rows}
+            assert set(rows) == labels, (t, sec_name)
+            for cells in rows.values():
+                assert set(cells) == set(OBJECTIVES)
+                for metrics in cells.values():
+                    assert set(metrics) == set(METRICS[t])
+                    for mean, std in metrics.values():
+                        assert isinstance(mean, float) and (std is None or isinstance(std, float))
+    # spot checks against the paper's tables
+    assert PUBLISHED[1]["main"]["SumPooling"]["masked"]["llh_gap"] == [3.6e-5, None]
+    assert PUBLISHED[3]["main"]["SumPoolingMixture (GMM prior)"]["masked"] == {
+        "llh": [-15.1, 2.15],
+        "mcc": [1.0, 0.001],
+    }
+    assert PUBLISHED[4]["eta=0"]["SelfAttentionMixture (GMM prior)"]["mixture"]["llh"] == [-473.6, 8.24]

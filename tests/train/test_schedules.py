@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pyro_mmvae.infer.schedules import (
+from pyro_mmvae.train.schedules import (
     Constant,
     CosineLR,
     LinearAnnealing,

@@ -7,25 +7,21 @@ the state ``z`` has shape ``(*B, D)`` (for subset posteriors ``B = (C, N)``: C c
 points) and the potential returns ``(*B,)``. Per target the kernel has
 
 - its own Metropolis accept/reject;
-- its own step size, adapted by dual averaging (Hoffman & Gelman 2014, Alg. 5; target acceptance
-  0.8 by default) and re-initialised by the doubling/halving heuristic after every metric update;
-- its own diagonal inverse mass matrix, estimated from the draws in Stan-style windows (fast init
-  buffer 75, slow windows 25, 50, 100, ... doubling, terminal buffer 50; the variance is shrunk
-  towards 1e-3 as in Stan; short warmups keep a longer terminal buffer, see
-  :func:`adaptation_windows`);
-- its own trajectory length, learned from U-turns during warmup (in the spirit of eHMC, Wu, Stoehr &
-  Robert 2018): every few warmup iterations each trajectory is followed until it makes a U-turn
-  (first ℓ with (z_ℓ − z_0) · p_ℓ < 0: the distance from the start, in the mass-matrix metric, stops
-  growing), and T_u = mean + one standard deviation of those U-turn times. Each iteration then
-  integrates for a time t ~ Uniform[(1 − j) c T_u, (1 + j) c T_u] (``trajectory_scale`` c = 0.4,
-  ``jitter`` j = 0.3), i.e. ``ceil(t / ε)`` leapfrog steps. Why: on a Gaussian in the adapted metric
-  the dynamics rotate each coordinate by the angle t, so draws have lag-1 autocorrelation E[cos t]
-  for the mean and E[cos² t] for the variance, and T_u ≈ 3.3-3.6 for D ≥ 2. With these defaults
-  t ∈ [1.0, 1.8] around π/2: E[cos t] ≈ 0.17, E[cos² t] ≈ 0.08. "Uniform up to the U-turn"
-  (c = 0.5, j = 1) gives E[cos t] = 0 but E[cos² t] = 1/2, and a longer loop. Measured on the
-  benchmark's flow targets (N = 200, ESS per 1000 sampling gradients, min over targets; bulk / sd /
-  tail): c, j = 0.4, 0.3: 391 / 145 / 250; 0.45, 0.5: 378 / 96 / 219; 0.5, 1 (uniform to the
-  U-turn): 290 / 47 / 104; on Gaussian targets (N = 50, D = 20): 469 / 202 / 339 vs 408 / 87 / 196;
+- its own step size, adapted by dual averaging
+  (:class:`~pyro_mmvae.infer.mcmc.adaptation.DualAveraging`; target acceptance 0.8 by default) and
+  re-initialised by the doubling/halving heuristic after every metric update;
+- its own diagonal inverse mass matrix, estimated from the draws
+  (:class:`~pyro_mmvae.infer.mcmc.adaptation.WelfordVariance`, shrunk towards 1e-3 as in Stan) in
+  Stan-style windows (:func:`~pyro_mmvae.infer.mcmc.adaptation.adaptation_windows`: fast init buffer
+  75, slow windows 25, 50, 100, ... doubling, terminal buffer 50; short warmups keep a longer
+  terminal buffer);
+- its own trajectory length, learned from U-turns during warmup
+  (:class:`~pyro_mmvae.infer.mcmc.adaptation.TrajectoryLengthAdapter`): every few warmup iterations
+  each trajectory is followed until it makes a U-turn, T_u = mean + one standard deviation of those
+  U-turn times, and each iteration integrates for a time t ~ Uniform[(1 − j) c T_u, (1 + j) c T_u]
+  (``trajectory_scale`` c = 0.4, ``jitter`` j = 0.3), i.e. ``ceil(t / ε)`` leapfrog steps (why these
+  defaults: :mod:`pyro_mmvae.infer.mcmc.adaptation.trajectory`; measured ESS:
+  ``benchmarks/results/subset_posterior_cpu.md``);
 - divergence detection: a trajectory whose energy error exceeds ``max_energy_error`` (1000) or
   becomes non-finite is stopped and its proposal rejected;
 - escape detection: a target whose chain moves farther than ``escape_radius`` initial standard
@@ -49,8 +45,8 @@ Device and dtype follow the state tensor; randomness comes from the global torch
 
 Chains: ``pyro.infer.MCMC`` runs ONE chain of this kernel (``num_chains=1``); C chains are a batch
 dimension of the state. Pass ``initial_params={"z": z0}`` with ``z0`` of shape ``(C, N, D)``, or give
-the kernel a target with ``initial_points(C)`` and ``num_chains=C``. :func:`sample_subset_posterior`
-does this and returns draws ``(C, S, N, D)``.
+the kernel a target with ``initial_points(C)`` and ``num_chains=C``.
+:func:`~pyro_mmvae.infer.mcmc.sample_subset_posterior` does this and returns draws ``(C, S, N, D)``.
 
 ``MCMC`` never calls ``end_warmup``: the kernel counts its own warmup iterations from ``setup``.
 """
@@ -58,89 +54,32 @@ does this and returns draws ``(C, S, N, D)``.
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
 
-import pyro
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
-__all__ = [
-    "BatchedHMC",
-    "HMCRun",
-    "adaptation_windows",
-    "run_pyro_nuts",
-    "sample_subset_posterior",
-]
+from ..properness import HasInitialPoints, SamplerTarget
+from .adaptation import (
+    INITIAL_UTURN_TIME,
+    AdaptationWindows,
+    DualAveraging,
+    TrajectoryLengthAdapter,
+    WelfordVariance,
+    shrink_variance,
+)
 
-
-def adaptation_windows(
-    warmup_steps: int, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25
-) -> list[tuple[int, int]]:
-    """Stan's slow mass-matrix windows ``[(start, end), ...]`` (iteration indices, end exclusive).
-
-    Fewer than 20 warmup steps: no window (step size only). A window is stretched to the terminal
-    buffer when the next (doubled) one would not fit. When the three defaults do not fit, the init
-    buffer becomes 15 % of the warmup, one window fills the middle, and the terminal buffer keeps
-    a third of the warmup (at most ``term_buffer``; Stan keeps 10 %): after the last metric update
-    the step size's dual averaging restarts, and with Stan's 6 iterations at 60 warmup steps some
-    targets end warmup with a step size ~4x too large (acceptance ~0).
-    """
-    w = int(warmup_steps)
-    if w < 20:
-        return []
-    if init_buffer + base_window + term_buffer > w:
-        init_buffer, term_buffer = int(0.15 * w), max(int(0.1 * w), min(term_buffer, w // 3))
-        base_window = w - init_buffer - term_buffer
-    last = w - term_buffer
-    windows, start, size = [], init_buffer, base_window
-    end = start + size
-    while True:
-        if end + 2 * size > last:
-            end = last
-        windows.append((start, end))
-        if end >= last:
-            return windows
-        start, size = end, 2 * size
-        end = start + size
-
-
-_INITIAL_UTURN_TIME = 3.5
-
-
-class _DualAveraging:
-    """Per-target dual averaging of log step sizes (Hoffman & Gelman 2014, Alg. 5)."""
-
-    def __init__(self, target_accept: float, gamma: float = 0.05, t0: float = 10.0, kappa: float = 0.75):
-        self.target_accept, self.gamma, self.t0, self.kappa = target_accept, gamma, t0, kappa
-
-    def reset(self, log_eps: torch.Tensor) -> None:
-        self.mu = log_eps + math.log(10.0)
-        self.h_bar = torch.zeros_like(log_eps)
-        self.log_eps_bar = torch.zeros_like(log_eps)
-        self.t = 0
-
-    def step(self, accept_prob: torch.Tensor) -> torch.Tensor:
-        """Update with this iteration's acceptance probabilities ``(*B,)``; return the next log step sizes."""
-        self.t += 1
-        eta = 1.0 / (self.t + self.t0)
-        self.h_bar = (1 - eta) * self.h_bar + eta * (self.target_accept - accept_prob)
-        log_eps = self.mu - math.sqrt(self.t) / self.gamma * self.h_bar
-        w = self.t ** (-self.kappa)
-        self.log_eps_bar = w * log_eps + (1 - w) * self.log_eps_bar
-        return log_eps
+__all__ = ["BatchedHMC"]
 
 
 class BatchedHMC(MCMCKernel):
     """HMC with per-target accept/reject, step size, diagonal mass matrix and trajectory length.
 
     Args:
-        target: an object with ``log_prob(z) -> (*B,)`` (e.g. a
-            :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`) and, optionally,
-            ``initial_points(num_chains) -> (C, N, D)`` for default starting points.
+        target: a :class:`~pyro_mmvae.infer.properness.SamplerTarget`, ``log_prob(z) -> (*B,)`` (e.g. a
+            :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`), optionally
+            :class:`~pyro_mmvae.infer.properness.HasInitialPoints`
+            (``initial_points(num_chains) -> (C, N, D)``) for default starting points.
         potential_fn: alternatively the per-target potential energy ``z (*B, D) -> (*B,)`` (−log density).
         num_chains: chains stacked as the leading batch dimension when starting points come from
             ``target.initial_points``; ignored when ``initial_params`` are given.
@@ -177,7 +116,7 @@ class BatchedHMC(MCMCKernel):
 
     def __init__(
         self,
-        target=None,
+        target: SamplerTarget | None = None,
         *,
         potential_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         num_chains: int = 4,
@@ -206,7 +145,7 @@ class BatchedHMC(MCMCKernel):
     ):
         if (target is None) == (potential_fn is None):
             raise ValueError("give exactly one of `target` (with log_prob) and `potential_fn`")
-        if target is not None and not hasattr(target, "log_prob"):
+        if target is not None and not isinstance(target, SamplerTarget):
             raise TypeError(f"target must have a log_prob(z) method, got {type(target)}")
         if not 0 < target_accept_prob < 1:
             raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
@@ -240,14 +179,14 @@ class BatchedHMC(MCMCKernel):
         self.model = None
         self.transforms = {}
         self._initial_params = initial_params
-        self._da = _DualAveraging(self.target_accept_prob)
+        self._da = DualAveraging(self.target_accept_prob)
         self.setup(0)
 
     # ------------------------------------------------------------------ MCMCKernel contract
     @property
     def initial_params(self) -> dict:
         if self._initial_params is None:
-            if self.target is None or not hasattr(self.target, "initial_points"):
+            if not isinstance(self.target, HasInitialPoints):
                 raise ValueError(
                     "no initial_params: pass initial_params={name: z0} to the kernel or to pyro.infer.MCMC, "
                     "or give a target with initial_points(num_chains)"
@@ -262,8 +201,7 @@ class BatchedHMC(MCMCKernel):
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         """Reset every adaptation; the next :meth:`sample` call starts warmup from its params."""
         self._warmup_steps = int(warmup_steps)
-        self._windows = adaptation_windows(warmup_steps, self.init_buffer, self.term_buffer, self.base_window)
-        self._window_ends = {end: start for start, end in self._windows}
+        self._windows = AdaptationWindows(warmup_steps, self.init_buffer, self.term_buffer, self.base_window)
         self._t = 0
         self._z = None
         self._stats = {"accept_prob": [], "diverging": [], "num_steps": []}
@@ -317,7 +255,7 @@ class BatchedHMC(MCMCKernel):
     @property
     def trajectory_length(self) -> torch.Tensor:
         """Per-target mean integration time ``(*B,)`` (``trajectory_scale`` × T_u)."""
-        return self.trajectory_scale * self._traj_time
+        return self._trajectory.mean_time
 
     @property
     def escaped(self) -> torch.Tensor:
@@ -388,11 +326,12 @@ class BatchedHMC(MCMCKernel):
         self._log_eps = self._find_step_size(eps0).log()
         self._da.reset(self._log_eps)
         self._eps = self._log_eps.exp()
-        # T_u of a standard Gaussian in a matching metric (≈ π + its spread); measured from the first
+        # T_u starts as that of a standard Gaussian in a matching metric and is measured from the first
         # warmup trajectories on. (Not num_steps × ε: the heuristic's ε is deliberately on the large side.)
-        self._traj_time = torch.full_like(self._u, _INITIAL_UTURN_TIME)
-        self._reset_uturn()
-        self._reset_welford()
+        self._trajectory = TrajectoryLengthAdapter(
+            self._u, self.trajectory_scale, self.jitter, self.max_num_steps, initial_time=INITIAL_UTURN_TIME
+        )
+        self._welford = WelfordVariance(self._z)
         self._loop = self._explore_loop = self._fixed_loop()
         self._refresh_loop(self._eps)
         self._warm_done = False
@@ -423,22 +362,12 @@ class BatchedHMC(MCMCKernel):
             done = done | torch.where(grow, ~(d > log_target), ~(d < log_target))
         return eps.clamp(1e-10, 1e4)
 
-    def _reset_uturn(self) -> None:
-        self._uturn_sum = torch.zeros_like(self._u)
-        self._uturn_sq = torch.zeros_like(self._u)
-        self._uturn_count = torch.zeros_like(self._u)
-
     def _fixed_loop(self) -> int:
         return min(self.max_num_steps, math.ceil((1 + self.jitter) * self.num_steps))
 
-    def _reset_welford(self) -> None:
-        self._w_mean = torch.zeros_like(self._z)
-        self._w_m2 = torch.zeros_like(self._z)
-        self._w_n = 0
-
     def _draw_num_steps(self, eps: torch.Tensor) -> torch.Tensor:
         """This iteration's number of leapfrog steps per target (float tensor ``(*B,)``, in ``[1, loop]``)."""
-        mean = self.num_steps * eps if not self.adapt_trajectory else self.trajectory_scale * self._traj_time
+        mean = self.num_steps * eps if not self.adapt_trajectory else self._trajectory.mean_time
         t = mean * (1.0 + self.jitter * (2.0 * torch.rand_like(eps) - 1.0))
         return torch.ceil(t / eps).clamp(1.0, float(self._loop))
 
@@ -509,75 +438,54 @@ class BatchedHMC(MCMCKernel):
         return accept_prob, div, n, uturn
 
     # ------------------------------------------------------------------ adaptation
-    def _refresh_loop(self, eps: torch.Tensor, final: bool = False, min_count: int = 4) -> None:
+    def _refresh_loop(self, eps: torch.Tensor, final: bool = False) -> None:
         """Update T_u from the recorded U-turns, and the loop lengths (the one host sync of a refresh).
 
-        T_u changes where at least ``min_count`` U-turns were recorded since its last update (any
-        number when ``final``). The plain loop covers the longest jittered trajectory, (1 + j) c T_u;
-        exploring warmup iterations run 1.5 T_u so that U-turns are observed (a censored one, recorded
-        as the loop's end, lengthens the next loop).
+        T_u changes where at least 4 U-turns were recorded since its last update (any number when
+        ``final``). The plain loop covers the longest jittered trajectory, (1 + j) c T_u; exploring
+        warmup iterations run 1.5 T_u so that U-turns are observed.
         """
         if not self.adapt_trajectory:
             return
-        n = self._uturn_count
-        mean = self._uturn_sum / n.clamp(min=1)
-        sd = (self._uturn_sq / n.clamp(min=1) - mean * mean).clamp(min=0).sqrt() * torch.where(n > 1, 1.0, 0.0)
-        update = n > 0 if final else n >= min_count
-        self._traj_time = torch.where(update, mean + sd, self._traj_time)
-        keep = (~update).to(n.dtype)
-        self._uturn_sum, self._uturn_sq, self._uturn_count = self._uturn_sum * keep, self._uturn_sq * keep, n * keep
-        # escaped (frozen) targets take no steps: they must not set everyone's loop (this refresh reads
-        # the host anyway, so the live targets are selected by boolean indexing)
-        live = ~self._escaped.flatten()
-        plain = (1 + self.jitter) * self.trajectory_scale * (self._traj_time / eps).flatten()[live]
-        explore = (1.5 * self._traj_time / self._explore_eps()).flatten()[live]
-        if plain.numel() == 0:  # every target escaped: nothing left to integrate
-            plain = explore = torch.ones(1, dtype=eps.dtype, device=eps.device)
-        if final or self.warmup_loop_quantile >= 1:
-            plain = plain.max()
-        else:
-            # during warmup a few targets at a time have a transiently tiny dual-averaging step size;
-            # letting them set everyone's loop would triple the warmup cost. They are clamped instead
-            # (shorter warmup trajectories; U-turns are measured on exploring iterations only).
-            plain = torch.quantile(plain, self.warmup_loop_quantile)
-        # exploring iterations integrate with the averaged step size, which has no such outliers,
-        # and cover EVERY target: a censored U-turn would bias the hardest targets' T_u low.
-        explore = explore.max()
-        plain, explore = torch.stack([plain, explore]).ceil().clamp(1, self.max_num_steps).tolist()
-        self._loop, self._explore_loop = int(plain), max(int(plain), int(explore))
+        self._trajectory.update(final)
+        # during warmup a few targets at a time have a transiently tiny dual-averaging step size;
+        # letting them set everyone's loop would triple the warmup cost. They are clamped instead
+        # (shorter warmup trajectories; U-turns are measured on exploring iterations only), while
+        # exploring iterations use the averaged step size, which has no such outliers.
+        self._loop, self._explore_loop = self._trajectory.loop_lengths(
+            eps,
+            self._explore_eps(),
+            live=~self._escaped.flatten(),
+            quantile=None if final else self.warmup_loop_quantile,
+        )
 
     def _explore_eps(self) -> torch.Tensor:
         """Step sizes of exploring iterations: the dual-averaged ε̄ (the current ε before any update)."""
-        if self.adapt_step_size and self._da.t > 0:
+        if self.adapt_step_size and self._da.has_updates:
             return self._da.log_eps_bar.exp()
         return self._log_eps.exp()
 
     def _update_mass(self) -> None:
-        n = self._w_n
-        var = self._w_m2 / max(n - 1, 1)
-        if self.pool_metric_dim is not None:
-            # one estimate from the draws of all chains of a target (warmup only: after warmup the
-            # chains stay independent), robust to one chain that mixed slowly during the window
-            k = self.pool_metric_dim
-            c = self._w_mean.shape[k]
-            spread = (self._w_mean - self._w_mean.mean(k, keepdim=True)).pow(2).sum(k, keepdim=True)
-            var = ((self._w_m2.sum(k, keepdim=True) + n * spread) / max(c * n - 1, 1)).expand_as(var)
-            n = c * n
-        var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))  # Stan's regularisation
+        """End of a slow window: the window's (shrunk) variance becomes the metric; restart the rest."""
+        # pool_metric_dim: one estimate from the draws of all chains of a target (warmup only: after
+        # warmup the chains stay independent), robust to one chain that mixed slowly during the window
+        var, n = self._welford.variance(self.pool_metric_dim)
+        var = shrink_variance(var, n)
         ratio = (self._inv_mass / var).sqrt()
         # rescale the time and step scales to the new metric: both are set by how far the metric
         # moved (largest posterior scale for T, smallest for ε), then refined by measurements.
-        self._traj_time = self._traj_time * ratio.amin(-1)
+        self._trajectory.rescale(ratio.amin(-1))
         eps = self._log_eps.exp() * ratio.amax(-1)
         self._inv_mass = var
-        self._reset_welford()
-        self._reset_uturn()
+        self._welford.reset()
+        self._trajectory.reset_statistics()
         if self.adapt_step_size:
             self._log_eps = self._find_step_size(eps).log()
             self._da.reset(self._log_eps)
 
     def _finish_warmup(self) -> None:
-        self._eps = self._da.log_eps_bar.exp() if (self.adapt_step_size and self._da.t > 0) else self._log_eps.exp()
+        averaged = self.adapt_step_size and self._da.has_updates
+        self._eps = self._da.log_eps_bar.exp() if averaged else self._log_eps.exp()
         self._refresh_loop(self._eps, final=True)
         self._warm_done = True
 
@@ -586,17 +494,11 @@ class BatchedHMC(MCMCKernel):
         if self.adapt_step_size and uturn is None:  # exploring iterations do not use the iterate ε
             self._log_eps = torch.where(self._escaped, self._log_eps, self._da.step(accept_prob))
         if uturn is not None:
-            time_, valid = uturn
-            self._uturn_sum = self._uturn_sum + torch.where(valid, time_, 0.0)
-            self._uturn_sq = self._uturn_sq + torch.where(valid, time_ * time_, 0.0)
-            self._uturn_count = self._uturn_count + valid.to(self._uturn_count.dtype)
-        if self.adapt_mass_matrix and any(s <= t < e for s, e in self._windows):
-            self._w_n += 1
-            delta = self._z - self._w_mean
-            self._w_mean = self._w_mean + delta / self._w_n
-            self._w_m2 = self._w_m2 + delta * (self._z - self._w_mean)
+            self._trajectory.record(*uturn)
+        if self.adapt_mass_matrix and self._windows.in_window(t):
+            self._welford.update(self._z)
         done = t + 1
-        if self.adapt_mass_matrix and done in self._window_ends:
+        if self.adapt_mass_matrix and self._windows.ends_window(done):
             self._update_mass()
             self._refresh_loop(self._log_eps.exp())
         elif done % self.refresh_interval == 0 and done < self._warmup_steps:
@@ -641,250 +543,3 @@ class BatchedHMC(MCMCKernel):
             "escaped": int(self._escaped.sum()),
         }
         self._log_acc, self._log_n = torch.zeros_like(self._log_acc), 0
-
-
-# ---------------------------------------------------------------------- convenience runners
-@dataclass
-class HMCRun:
-    """Draws and per-target statistics of an MCMC run over N targets with C chains.
-
-    ``samples`` ``(C, S, N, D)``; ``accept_prob``, ``diverging``, ``num_steps`` ``(C, S, N)`` (``None``
-    for samplers that do not report them per target); ``escaped`` ``(C, N)``: chains frozen after
-    running away (their draws are meaningless); ``step_size`` ``(C, N)`` or ``(C,)``;
-    ``wall_time`` in seconds (warmup + sampling) and ``sampling_time`` (after warmup);
-    ``num_grad_evals`` gradient evaluations of the whole batch.
-    """
-
-    samples: torch.Tensor
-    accept_prob: torch.Tensor | None = None
-    diverging: torch.Tensor | None = None
-    num_steps: torch.Tensor | None = None
-    step_size: torch.Tensor | None = None
-    inverse_mass_matrix: torch.Tensor | None = None
-    trajectory_length: torch.Tensor | None = None
-    escaped: torch.Tensor | None = None
-    wall_time: float = float("nan")
-    sampling_time: float = float("nan")
-    num_grad_evals: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def escaped_points(self) -> list[int]:
-        """Data points (indices along N) where some chain escaped."""
-        return [] if self.escaped is None else self.escaped.any(0).nonzero().flatten().tolist()
-
-    @property
-    def divergences(self) -> torch.Tensor | None:
-        """Divergent transitions per chain and target ``(C, N)``."""
-        return None if self.diverging is None else self.diverging.sum(1)
-
-    def to_inference_data(self, target_ids=None, var_name: str = "z"):
-        """ArviZ ``InferenceData`` (see :func:`pyro_mmvae.diagnostics.to_inference_data`)."""
-        from pyro_mmvae.diagnostics import to_inference_data
-
-        stats = {}
-        if self.accept_prob is not None:
-            stats = {"acceptance_rate": self.accept_prob, "diverging": self.diverging, "n_steps": self.num_steps}
-        return to_inference_data(self.samples, stats, target_ids=target_ids, var_name=var_name)
-
-
-class _PhaseClock:
-    """An ``MCMC`` hook that adds up the time spent after warmup (from the last warmup iteration on)."""
-
-    def __init__(self, warmup_steps: int):
-        self.warmup_steps, self.sampling_time, self._start = warmup_steps, 0.0, None
-
-    def start(self) -> None:
-        self._start = time.perf_counter() if self.warmup_steps == 0 else None
-
-    def __call__(self, kernel, params, stage, i) -> None:
-        if stage.startswith("Warmup") and i == self.warmup_steps - 1:
-            self._start = time.perf_counter()
-
-    def stop(self) -> None:
-        if self._start is not None:
-            self.sampling_time += time.perf_counter() - self._start
-        self._start = None
-
-
-def _chain_first(x: torch.Tensor) -> torch.Tensor:
-    """``(S, C, ...)`` → ``(C, S, ...)`` on the CPU."""
-    return x.transpose(0, 1).cpu()
-
-
-def sample_subset_posterior(
-    target,
-    num_samples: int,
-    warmup_steps: int,
-    num_chains: int = 4,
-    seed: int | None = None,
-    progress: bool = True,
-    initial_params: torch.Tensor | None = None,
-    improper: str = "raise",
-    **kernel_kwargs,
-) -> HMCRun:
-    """Sample every target of ``target`` (e.g. a :class:`SubsetPosterior`) with :class:`BatchedHMC`.
-
-    Runs ``pyro.infer.MCMC(BatchedHMC(target, ...), num_samples, warmup_steps)`` with the C chains as
-    a batch dimension of one Pyro chain.
-
-    Args:
-        target: ``log_prob(z (C, N, D)) -> (C, N)`` and ``initial_points(C) -> (C, N, D)``.
-        seed: seeds Pyro/torch/numpy's global RNGs (``pyro.set_rng_seed``) when given.
-        initial_params: optional starting points ``(C, N, D)``.
-        improper: what to do, before sampling, with data points whose target is improper — exactly
-            (Gaussian experts: :meth:`SubsetPosterior.closed_form`) or by the tail probe
-            (:meth:`SubsetPosterior.rising_tails`): ``"raise"`` (default) an
-            :class:`ImproperPosteriorError` naming them, ``"warn"`` an :class:`ImproperPosteriorWarning`
-            and sample anyway (their chains are frozen once they escape, see ``HMCRun.escaped``),
-            ``"ignore"`` no check.
-        kernel_kwargs: passed to :class:`BatchedHMC`; ``inverse_mass_matrix`` defaults to
-            ``target.approximate_variance()`` when the target has it.
-
-    Returns:
-        :class:`HMCRun` with ``samples`` ``(C, S, N, D)`` and per-target statistics. Chains that
-        escaped during the run (``HMCRun.escaped``) are reported with an ``ImproperPosteriorWarning``
-        unless ``improper="ignore"``.
-
-    Raises:
-        ImproperPosteriorError: ``improper="raise"`` and the target is improper for some data points.
-    """
-    from .subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, improper_points
-
-    if improper not in ("raise", "warn", "ignore"):
-        raise ValueError(f"improper must be 'raise', 'warn' or 'ignore', got {improper!r}")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    if improper != "ignore":
-        with torch.random.fork_rng():  # the check's random draws must not shift the sampler's stream
-            bad, how = improper_points(target)
-        if bad:
-            msg = f"the subset posterior is improper ({how}) for data points {_list_points(bad)}"
-            if improper == "raise":
-                raise ImproperPosteriorError(msg + "; pass improper='warn' to sample the others anyway")
-            warnings.warn(msg + "; their chains will run away and be frozen", ImproperPosteriorWarning, stacklevel=2)
-    if initial_params is None:
-        initial_params = target.initial_points(num_chains)
-    if "inverse_mass_matrix" not in kernel_kwargs and hasattr(target, "approximate_variance"):
-        kernel_kwargs["inverse_mass_matrix"] = target.approximate_variance()
-    kernel = BatchedHMC(target, num_chains=num_chains, **kernel_kwargs)
-    mcmc = pyro.infer.MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=warmup_steps,
-        initial_params={kernel.param_name: initial_params},
-        disable_progbar=not progress,
-        hook_fn=(clock := _PhaseClock(warmup_steps)),
-    )
-    start = time.perf_counter()
-    clock.start()
-    mcmc.run()
-    clock.stop()
-    wall = time.perf_counter() - start
-    draws = mcmc.get_samples(group_by_chain=True)[kernel.param_name][0]  # (S, C, N, D)
-    stats = kernel.sample_stats()
-    run = HMCRun(
-        samples=_chain_first(draws),
-        accept_prob=_chain_first(stats["accept_prob"]),
-        diverging=_chain_first(stats["diverging"]),
-        num_steps=_chain_first(stats["num_steps"]),
-        step_size=stats["step_size"].cpu(),
-        inverse_mass_matrix=stats["inverse_mass_matrix"].cpu(),
-        trajectory_length=stats["trajectory_length"].cpu(),
-        escaped=stats["escaped"].cpu(),
-        wall_time=wall,
-        sampling_time=clock.sampling_time,
-        num_grad_evals=kernel.num_grad_evals,
-        extra={"num_loop_steps": kernel.num_loop_steps, "diagnostics": kernel.diagnostics()},
-    )
-    if improper != "ignore" and run.escaped_points:
-        warnings.warn(
-            f"chains escaped beyond {kernel.escape_radius:g} initial standard deviations (an improper target) "
-            f"and were frozen at data points {_list_points(run.escaped_points)}; their draws are meaningless",
-            ImproperPosteriorWarning,
-            stacklevel=2,
-        )
-    return run
-
-
-def _list_points(points: list[int], shown: int = 20) -> str:
-    more = f" and {len(points) - shown} more" if len(points) > shown else ""
-    return ", ".join(map(str, points[:shown])) + more
-
-
-def _joint_potential(params, target, name):
-    return -target.log_prob(params[name]).sum()
-
-
-class _NUTSWithInitialMetric(pyro.infer.NUTS):
-    """Stock NUTS whose diagonal inverse mass matrix starts from a given vector instead of ones."""
-
-    def __init__(self, *args, initial_inverse_mass: torch.Tensor | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._initial_inverse_mass = initial_inverse_mass
-
-    def _initialize_adapter(self):
-        super()._initialize_adapter()
-        if self._initial_inverse_mass is not None:
-            (site,) = self.initial_params
-            self.mass_matrix_adapter.inverse_mass_matrix = {(site,): self._initial_inverse_mass.reshape(-1)}
-            if self._adapter.adapt_step_size:  # re-find the step size for the new metric
-                self._adapter.reset_step_size_adaptation(self._initial_params)
-
-
-def run_pyro_nuts(
-    target,
-    num_samples: int,
-    warmup_steps: int,
-    num_chains: int = 4,
-    seed: int | None = None,
-    progress: bool = True,
-    initial_params: torch.Tensor | None = None,
-    inverse_mass_matrix: torch.Tensor | None = None,
-    **nuts_kwargs,
-) -> HMCRun:
-    """The reference: stock ``pyro.infer.NUTS`` with one joint potential over all N targets.
-
-    ``potential_fn({"z": z (N, D)}) = −Σ_n log p(z_n | x_S)``: one step size, one diagonal mass matrix
-    over the N·D coordinates, one tree and one accept/reject per iteration for all N targets (what
-    putting the data points under one plate gives). The C chains run one after another in this
-    process (no multiprocessing), each from ``initial_params[c]`` ``(N, D)``. ``inverse_mass_matrix``
-    ``(N, D)`` optionally sets the initial diagonal metric (as :func:`sample_subset_posterior` does by
-    default), so that both samplers start from the same information.
-
-    Returns:
-        :class:`HMCRun` with ``samples`` ``(C, S, N, D)``, ``step_size`` ``(C,)`` and the per-chain
-        divergence lists in ``extra["divergences"]``.
-    """
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    if initial_params is None:
-        initial_params = target.initial_points(num_chains)
-    draws, steps, divs = [], [], []
-    potential = partial(_joint_potential, target=target, name="z")
-    clock = _PhaseClock(warmup_steps)
-    start = time.perf_counter()
-    for c in range(num_chains):
-        kernel = _NUTSWithInitialMetric(potential_fn=potential, initial_inverse_mass=inverse_mass_matrix, **nuts_kwargs)
-        mcmc = pyro.infer.MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            initial_params={"z": initial_params[c]},
-            disable_progbar=not progress,
-            hook_fn=clock,
-        )
-        clock.start()
-        mcmc.run()
-        clock.stop()
-        draws.append(mcmc.get_samples()["z"].cpu())
-        steps.append(float(kernel.step_size))
-        divs.append(list(mcmc.diagnostics()["divergences"]["chain 0"]))
-    wall = time.perf_counter() - start
-    return HMCRun(
-        samples=torch.stack(draws),
-        step_size=torch.tensor(steps),
-        wall_time=wall,
-        sampling_time=clock.sampling_time,
-        extra={"divergences": divs},
-    )

@@ -11,11 +11,12 @@ import torch
 
 from pyro_mmvae.data import CirclesSquares, Modality, MultimodalDataset, iterate_batches
 from pyro_mmvae.guides import JointGuide
-from pyro_mmvae.infer.checkpoint import CheckpointMismatchError, load_checkpoint
 from pyro_mmvae.infer.elbo import BetaELBO
-from pyro_mmvae.infer.fit import NonFiniteLossError, _clip, fit, load_stage
-from pyro_mmvae.infer.schedules import CosineLR, LinearAnnealing
 from pyro_mmvae.models import MultimodalVAE
+from pyro_mmvae.train import NonFiniteLossError, fit, load_stage
+from pyro_mmvae.train.checkpoint import CheckpointMismatchError, load_checkpoint
+from pyro_mmvae.train.loop import clip_gradients
+from pyro_mmvae.train.schedules import CosineLR, LinearAnnealing
 
 LINEAR = (Modality("a", (3,), likelihood="normal", scale=0.1), Modality("b", (2,), likelihood="normal", scale=0.1))
 
@@ -530,9 +531,9 @@ def test_empty_and_one_shot_data():
 def test_clip():
     p = torch.nn.Parameter(torch.zeros(4))
     p.grad = torch.tensor([float("nan"), 300.0, -500.0, 1.0])
-    _clip([p], zero_nan=True, value=100.0, norm=None)
+    clip_gradients([p], zero_nan=True, value=100.0, norm=None)
     assert p.grad.tolist() == [0.0, 100.0, -100.0, 1.0]
-    _clip([p], zero_nan=False, value=None, norm=1.0)
+    clip_gradients([p], zero_nan=False, value=None, norm=1.0)
     assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
 
 

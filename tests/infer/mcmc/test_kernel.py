@@ -13,9 +13,11 @@ from scipy import stats
 from torch.overrides import TorchFunctionMode
 
 from pyro_mmvae.diagnostics import ess, import_arviz, rhat
-from pyro_mmvae.infer.hmc import BatchedHMC, HMCRun, adaptation_windows, run_pyro_nuts, sample_subset_posterior
-from pyro_mmvae.infer.subset_posterior import ImproperPosteriorError, ImproperPosteriorWarning, SubsetPosterior
-from tests.infer.test_subset_posterior import mixed_properness_experts, random_gaussian_target
+from pyro_mmvae.infer.mcmc import BatchedHMC, HMCRun, adaptation_windows, run_pyro_nuts, sample_subset_posterior
+from pyro_mmvae.infer.properness import ImproperPosteriorError, ImproperPosteriorWarning
+from pyro_mmvae.infer.subset_posterior import SubsetPosterior
+from tests.infer.test_properness import mixed_properness_experts
+from tests.infer.test_subset_posterior import random_gaussian_target
 
 
 def z_bound(num_comparisons: int, alpha: float = 1e-3) -> float:
@@ -37,15 +39,7 @@ def check_against_closed_form(run, target, rhat_max=1.01):
     assert rhat(x).max() < rhat_max
 
 
-# ---------------------------------------------------------------------- schedule and contract
-def test_adaptation_windows_follow_stan():
-    assert adaptation_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
-    assert adaptation_windows(200) == [(75, 100), (100, 150)]
-    assert adaptation_windows(100) == [(15, 67)]  # short warmup: a third stays for the terminal buffer
-    assert adaptation_windows(60) == [(9, 40)]
-    assert adaptation_windows(10) == []
-
-
+# ---------------------------------------------------------------------- contract
 def test_kernel_runs_under_pyro_mcmc_and_arviz():
     target = random_gaussian_target(2, n=3, d=2)
     kernel = BatchedHMC(target, num_chains=2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_mmvae.infer.checkpoint import (
+from pyro_mmvae.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     check_plain,

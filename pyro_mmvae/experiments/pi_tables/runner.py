@@ -1,0 +1,322 @@
+"""Train and evaluate table configurations: one run folder and one ``result.json`` per configuration.
+
+A configuration is (table, section, row, objective, seed). :func:`run_configuration` trains it through
+``fit`` in its own run folder (an interrupted run resumes from its last checkpoint) and stores its
+metrics in ``<run>/result.json``; a later call with the same configuration returns that file instead of
+recomputing. :func:`run_jobs` runs a plan in this process or in worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ...train import NonFiniteLossError, fit
+from ...utils import atomic_write_json, set_seed, to_jsonable
+from .builders import build_elbo, build_guide, build_model, make_data
+from .evaluation import evaluate
+from .report import build_report, format_number, write_outputs
+from .settings import FULL_COND_DRAWS, LAYOUT, METRICS, Row, Section, TableSettings, find_row, find_section
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options shared by every configuration of a run (the first three are part of a configuration's key)."""
+
+    mask_sampler: str = "uniform"  # how the training masks S are drawn ("uniform": each modality kept w.p. ½)
+    poe_mean: str = "correct"  # "correct" Gaussian-product mean or the published "paper" formula
+    cond_draws: int = FULL_COND_DRAWS  # Table 4 mixing-matrix conditioning reference draws
+    device: str = "auto"
+    threads: int = 1  # torch CPU threads per process
+    workers: int = 1  # configurations trained in parallel processes
+    progress: bool = False  # a progress bar per configuration (only shown with one worker)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration of a plan."""
+
+    table: int
+    section: Section
+    row: Row
+    objective: str
+    seed: int
+    settings: TableSettings
+
+    @property
+    def key(self) -> tuple:
+        """The configuration's index in a run's results: (table, section name, row label, objective, seed)."""
+        return (self.table, self.section.name, self.row.label, self.objective, self.seed)
+
+
+def run_folder(runs_dir: str | Path, table: int, section: str, row: str, objective: str, seed: int) -> Path:
+    """``<runs_dir>/table<t>/<section>/<row>/<objective>/seed<s>`` (names made file-system safe)."""
+    return Path(runs_dir) / f"table{table}" / _slug(section) / _slug(row) / objective / f"seed{seed}"
+
+
+def run_configuration(
+    table: int,
+    section: Section | str,
+    row: Row | str,
+    objective: str,
+    seed: int,
+    settings: TableSettings,
+    options: RunOptions | None = None,
+    runs_dir: str | Path = "runs/pi_tables",
+) -> dict:
+    """Train (or resume) and evaluate one configuration; cached in ``<run folder>/result.json``.
+
+    ``section`` and ``row`` may be given by name/label (``run_configuration(3, "main", "SumPooling",
+    "masked", 0, table_settings(3, quick=True))``). Returns the stored result: ``key``, ``status``
+    (``"finished"``, ``"diverged"`` or ``"failed"``), ``metrics`` (NaN → None), ``metric_errors``,
+    timings, and ``cached`` (whether it was read back instead of computed).
+    """
+    options = options or RunOptions()
+    section = find_section(table, section)
+    row = find_row(section, row)
+    run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed)
+    result_file = run_dir / "result.json"
+    key = {
+        "table": table,
+        "section": section.name,
+        "row": row.label,
+        "objective": objective,
+        "seed": seed,
+        "settings": asdict(settings),
+        "mask_sampler": options.mask_sampler,
+        "poe_mean": options.poe_mean,
+        "cond_draws": options.cond_draws,
+    }
+    if result_file.exists():
+        cached = json.loads(result_file.read_text())
+        if _same_configuration(cached.get("key"), key):
+            cached["cached"] = True
+            return cached
+    started_at = time.time()
+    data = make_data(table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws)
+    set_seed(seed)  # initial weights depend on the seed only
+    model = build_model(table, row, data.modalities)
+    guide = build_guide(table, row, data.modalities, options.poe_mean)
+    cpu_log = TrainingCPU(run_dir / "train_cpu.json")
+    tic, cpu = time.perf_counter(), time.process_time()
+    training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log)
+    if training["status"] != "finished":
+        training["train_seconds"] = time.perf_counter() - tic
+    train_cpu = cpu_log.before + (time.process_time() - cpu)
+    tic, cpu = time.perf_counter(), time.process_time()
+    if training["status"] == "finished":
+        ev = evaluate(table, row, model, guide, data, settings, options.mask_sampler, seed)
+    else:
+        ev = {"metrics": {k: math.nan for k in METRICS[table]}, "errors": {}}
+    result = {
+        "key": key,
+        "status": training["status"],
+        "error": training["error"],
+        "final_train_loss": training["final_loss"],
+        "metrics": ev["metrics"],
+        "metric_errors": ev["errors"],
+        "train_seconds": training["train_seconds"],
+        "eval_seconds": time.perf_counter() - tic,
+        "train_cpu_seconds": train_cpu,
+        "eval_cpu_seconds": time.process_time() - cpu,
+        "started_at": started_at,
+        "finished_at": time.time(),
+    }
+    result = to_jsonable(result)
+    atomic_write_json(result_file, result, indent=1)
+    result["cached"] = False
+    return result
+
+
+def _train(model, guide, data, objective, seed, settings: TableSettings, options: RunOptions, run_dir, cpu_log):
+    """Fit one configuration; ``{"status", "error", "final_loss", "train_seconds"}`` (seconds of every epoch)."""
+    try:
+        res = fit(
+            model,
+            guide,
+            data.train,
+            objective=build_elbo(objective, options.mask_sampler),
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            grad_clip_value=settings.clip,
+            zero_nan_grads=True,
+            run_dir=run_dir,
+            resume=True,
+            checkpoint_every=min(50, max(5, settings.epochs // 10)),
+            seed=seed,
+            device=options.device,
+            progress=options.progress and options.workers == 1,
+            callbacks=[cpu_log],
+        )
+    except NonFiniteLossError as err:
+        return {"status": "diverged", "error": str(err)[:500], "final_loss": None, "train_seconds": None}
+    except ValueError as err:
+        # A distribution built from non-finite encoder outputs fails Pyro's argument validation
+        # (e.g. an overflowing PoE precision); the run has diverged as well. Any other ValueError
+        # is recorded as a failure with its message, so nothing is hidden.
+        status = "diverged" if "invalid values" in str(err) else "failed"
+        return {"status": status, "error": f"{type(err).__name__}: {str(err)[:500]}", "final_loss": None,
+                "train_seconds": None}  # fmt: skip
+    return {
+        "status": "finished",
+        "error": None,
+        "final_loss": res.history[-1]["train_loss"] if res.history else None,
+        "train_seconds": sum(row["seconds"] for row in res.history),  # also the epochs of earlier invocations
+    }
+
+
+class TrainingCPU:
+    """fit callback keeping the CPU seconds spent on a configuration's training across invocations.
+
+    ``before`` is what earlier (interrupted) invocations spent; after every epoch the running total is
+    written to ``path``, so a resumed run adds to it (epochs redone after a resume count twice: they
+    were computed twice).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.before = json.loads(path.read_text())["cpu_seconds"] if path.exists() else 0.0
+        self.start = time.process_time()
+
+    def __call__(self, row: dict) -> None:
+        total = self.before + time.process_time() - self.start
+        atomic_write_json(self.path, {"cpu_seconds": total, "epoch": row["epoch"]}, indent=None)
+
+
+def _same_configuration(saved: dict | None, key: dict) -> bool:
+    """Whether a stored result belongs to this configuration (the table's seed LIST does not matter)."""
+
+    def strip(k):
+        k = json.loads(json.dumps(to_jsonable(k)))
+        k.get("settings", {}).pop("seeds", None)
+        return k
+
+    return saved is not None and strip(saved) == strip(key)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in s).strip("_")
+
+
+# ---------------------------------------------------------------------------------------------- plans
+def make_plan(
+    tables: Iterable[int],
+    settings: dict[int, TableSettings],
+    objectives: Iterable[str],
+    sections: set[str] | None = None,
+    rows: set[str] | None = None,
+) -> list[Job]:
+    """Every configuration of ``tables`` (optionally only some sections, and rows by label or aggregator).
+
+    Seed-major order: every table gets its first seed before any table gets its second, so a long
+    run has results for all tables early; consecutive jobs share a (table, section, seed) dataset.
+    """
+    plan = []
+    for t in tables:
+        s = settings[t]
+        for sec in LAYOUT[t]:
+            if sections is not None and sec.name not in sections:
+                continue
+            for row in sec.rows:
+                if rows is not None and row.label not in rows and row.aggregator not in rows:
+                    continue
+                for obj in objectives:
+                    for seed in s.seeds:
+                        plan.append(Job(t, sec, row, obj, seed, s))
+    plan.sort(
+        key=lambda j: (j.settings.seeds.index(j.seed), j.table, [x.name for x in LAYOUT[j.table]].index(j.section.name))
+    )
+    return plan
+
+
+def run_job(job: Job, options: RunOptions, runs_dir: Path) -> dict:
+    """:func:`run_configuration` of one job."""
+    return run_configuration(job.table, job.section, job.row, job.objective, job.seed, job.settings, options, runs_dir)
+
+
+def _worker(job: Job, options: RunOptions, runs_dir: Path) -> dict:
+    torch.set_num_threads(options.threads)
+    return run_job(job, options, runs_dir)
+
+
+def run_jobs(
+    plan: list[Job],
+    options: RunOptions,
+    runs_dir: str | Path,
+    on_result: Callable[[Job, dict], None] = lambda job, result: None,
+    on_start: Callable[[Job], None] = lambda job: None,
+) -> dict[tuple, dict]:
+    """Run every job (in ``options.workers`` processes); ``on_result(job, result)`` after each one.
+
+    Returns ``{job.key: result}``. With one worker the jobs run here in plan order (``on_start`` is
+    called before each); with more they run in spawned processes (forking a process that already ran
+    torch ops can hang in OpenMP), each with ``options.threads`` torch threads.
+    """
+    runs_dir = Path(runs_dir)
+    results: dict[tuple, dict] = {}
+    if options.workers == 1:
+        for job in plan:
+            on_start(job)
+            results[job.key] = res = run_job(job, options, runs_dir)
+            on_result(job, res)
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(options.workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_worker, job, options, runs_dir): job for job in plan}
+        for fut in as_completed(futures):
+            job = futures[fut]
+            results[job.key] = res = fut.result()
+            on_result(job, res)
+    return results
+
+
+def run_tables(
+    plan: list[Job],
+    settings: dict[int, TableSettings],
+    options: RunOptions,
+    runs_dir: str | Path,
+    out: str | Path,
+    name: str,
+    command: str,
+    progress: bool = True,
+) -> dict:
+    """Run ``plan`` and keep ``<out>.json`` / ``<out>.md`` up to date after every finished configuration.
+
+    Configurations finished by an earlier call are read back from their ``result.json``, unfinished
+    ones resume from their last checkpoint, so the same call both continues a run and rebuilds its
+    report. Returns the final report (see :func:`report.build_report`).
+    """
+    start = time.perf_counter()
+    results: dict[tuple, dict] = {}
+    bar = tqdm(total=len(plan), desc="pi tables", unit="config", disable=not progress)
+
+    def on_start(job: Job) -> None:
+        bar.set_postfix_str(f"T{job.table} {job.section.name} {job.row.label} {job.objective} seed {job.seed}")
+
+    def on_result(job: Job, res: dict) -> None:
+        results[job.key] = res
+        line = ", ".join(f"{k}={format_number(v)}" for k, v in res["metrics"].items())
+        tqdm.write(
+            f"[T{job.table} {job.section.name} | {job.row.label} | {job.objective} | seed {job.seed}] {res['status']}"
+            f"{' (cached)' if res['cached'] else ''}: {line}  "
+            f"(train {res['train_seconds']:.0f} s, eval {res['eval_seconds']:.0f} s)"
+        )
+        bar.update(1)
+        elapsed = time.perf_counter() - start
+        write_outputs(build_report(name, settings, results, plan, command, elapsed, options), out)
+
+    run_jobs(plan, options, runs_dir, on_result, on_start)
+    bar.close()
+    report = build_report(name, settings, results, plan, command, time.perf_counter() - start, options)
+    write_outputs(report, out)
+    return report

@@ -1,0 +1,54 @@
+"""Training and validation data as the trainer sees it: a dataset to batch, or an iterable of batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..data.batch import MultimodalBatch
+from ..data.dataset import MultimodalDataset, iterate_batches
+
+
+class DataSource:
+    """``data`` for the trainer; ``what`` (``"train_data"``, ``"val_data"``) names it in errors.
+
+    Accepted: a dataset (``__len__`` plus ``__getitems__``/``__getitem__``, e.g. ``MultimodalDataset``),
+    batched by :func:`~pyro_mmvae.data.dataset.iterate_batches` with an epoch order that depends
+    only on ``(seed, epoch)``; a ``MultimodalBatch`` (a small in-memory dataset); or a re-iterable of
+    ``MultimodalBatch`` (list, ``DataLoader``) used as it is every epoch.
+    """
+
+    def __init__(self, data, what: str):
+        self.what = what
+        if isinstance(data, MultimodalBatch):
+            data = MultimodalDataset(data.data, data.present, data.labels)
+        if hasattr(data, "__getitems__") or (isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__")):
+            self.kind = "dataset"
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self.kind = "batches" if len(data) and isinstance(data[0], MultimodalBatch) else "dataset"
+        elif hasattr(data, "__iter__"):
+            if iter(data) is data:
+                raise TypeError(
+                    f"{what} is a one-shot iterator; it cannot be re-iterated every epoch. Pass a dataset "
+                    "(with __len__ and __getitem__/__getitems__), a list of MultimodalBatch, or a DataLoader"
+                )
+            self.kind = "batches"
+        else:
+            raise TypeError(
+                f"{what} must be a dataset (__len__ and __getitem__/__getitems__) or an iterable of MultimodalBatch, "
+                f"got {type(data).__name__}"
+            )
+        self.data = data
+        self.size = len(data) if hasattr(data, "__len__") else None
+        if self.size == 0:
+            raise ValueError(f"{what} is empty")
+
+    def batches(self, batch_size: int, shuffle: bool, seed: int, epoch: int) -> Iterable[MultimodalBatch]:
+        """The batches of epoch ``epoch`` (0-based)."""
+        if self.kind == "dataset":
+            return iterate_batches(self.data, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+        return iter(self.data)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "type": type(self.data).__qualname__, "size": self.size}
