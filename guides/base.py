@@ -19,6 +19,7 @@ them (``modalities``, ``names``, ``latent_dim``) and builds per-modality network
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import pyro
@@ -28,8 +29,24 @@ from torch import nn
 
 from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
+from pyro_mmvae.data.validation import validate_for
 from pyro_mmvae.nn.per_modality import check_latent_dim, index_modalities, per_modality_modules
 from pyro_mmvae.sites import DATA_PLATE, LATENT_SITE
+
+
+def _validating_posterior(posterior):
+    """Wrap ``posterior(self, batch, subset=None)``: check ``batch`` against the guide's modalities first.
+
+    The guide sees the safe batch (missing rows zero-filled); modalities the guide does not know are
+    checked structurally only (a guide may read some of the batch's modalities).
+    """
+
+    @functools.wraps(posterior)
+    def checked(self, batch, *args, **kwargs):
+        return posterior(self, validate_for(batch, self, allow_unknown=True), *args, **kwargs)
+
+    checked._validates_batch = True
+    return checked
 
 
 class MultimodalGuide(PyroModule):
@@ -45,6 +62,13 @@ class MultimodalGuide(PyroModule):
     """
 
     latent_site = LATENT_SITE
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass's posterior validates its batch on the way in (once: a validated batch passes at once)
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("posterior")
+        if fn is not None and not getattr(fn, "_validates_batch", False):
+            cls.posterior = _validating_posterior(fn)
 
     def __init__(
         self,

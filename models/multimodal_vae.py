@@ -34,7 +34,7 @@ from ..data.modality import Modality
 from ..distributions.likelihoods import Likelihood
 from ..distributions.priors import make_prior
 from ..nn.networks import default_decoder
-from ..nn.per_modality import index_modalities, per_modality_modules
+from ..nn.per_modality import check_latent_dim, index_modalities, per_modality_modules
 from ..sites import DATA_PLATE, LATENT_SITE
 from .base import check_batch_modalities, observe_modalities
 
@@ -66,7 +66,7 @@ class MultimodalVAE(PyroModule):
     ):
         super().__init__()
         self.modalities = index_modalities(modalities, "a MultimodalVAE")
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = check_latent_dim(latent_dim)
         self.prior = prior if isinstance(prior, nn.Module) else make_prior(self.latent_dim, prior, num_components)
         self.likelihoods = per_modality_modules(self.modalities, Likelihood)
 

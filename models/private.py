@@ -28,6 +28,7 @@ from torch import nn
 from ..data.modality import Modality
 from ..distributions.likelihoods import Likelihood
 from ..nn.networks import default_decoder
+from ..nn.per_modality import check_latent_dim
 from ..sites import LATENT_SITE, private_site
 from .multimodal_vae import MultimodalVAE
 
@@ -59,8 +60,7 @@ class PrivateLatentVAE(MultimodalVAE):
         arch: str = "mlp",
     ):
         modalities = list(modalities)
-        if int(private_dim) < 1:
-            raise ValueError(f"private_dim must be >= 1, got {private_dim}")
+        latent_dim, private_dim = check_latent_dim(latent_dim), check_latent_dim(private_dim, "private_dim")
         decoders = dict(decoders or {})
         input_dim = int(latent_dim) + int(private_dim)
         # The parent builds default decoders from the SHARED size; build ours from D + D̃ first.

@@ -22,6 +22,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from .errors import InputError
 from .experiments.jnf_pipeline import DATASETS, MODELS, PipelineInputError, ToyTrainConfig, sample_toy, train_toy
 
 
@@ -106,7 +107,7 @@ def cmd_sample(args) -> int:
             device=args.device,
             seed=args.seed,
         )
-    except PipelineInputError as err:
+    except (PipelineInputError, InputError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"method: {result.samples.method}; wrote {result.tensors_file} and .png")
     return 0
@@ -127,7 +128,7 @@ def cmd_train(args) -> int:
     options = {f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)}
     try:
         out, metrics = train_toy(ToyTrainConfig(**options), command=args.command)
-    except PipelineInputError as err:
+    except (PipelineInputError, InputError) as err:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps({k: metrics[k] for k in ("test_elbo", "joint_coherence")}, indent=None))
     print(f"run folder: {out}")

@@ -7,19 +7,26 @@
   picks CUDA when present. Nothing in the library hard-codes a device.
 - :func:`atomic_write` / :func:`atomic_write_json` write through a temporary file in the target's
   own folder and ``os.replace`` it onto the target, so a crash or an error mid-write never leaves a
-  truncated file behind and never clobbers the previous version.
+  truncated file behind and never clobbers the previous version. A process killed mid-write leaves
+  its temporary file (named ``.<target>.pyro-mmvae-<12 hex>.tmp``); :func:`sweep_temporary_files`
+  removes such leftovers when a run folder or stage is opened again (see :mod:`pyro_mmvae.tempfiles`).
+- :func:`stage_seed` derives a stage's seed from the run seed and the stage name, so every stage of
+  a multi-stage run starts from the same random state however the run was interrupted and resumed.
+- :func:`kill_point` is a fault-injection hook for the crash-safety tests (SIGKILL at a named event).
 - :func:`to_jsonable` turns results and configurations into plain JSON; :func:`run_record` is the
   command / date / machine header every results file (benchmarks, experiments) starts with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import random
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -29,6 +36,10 @@ from typing import IO, Any
 import numpy as np
 import pyro
 import torch
+
+from .errors import RunFolderError
+from .tempfiles import create_temporary
+from .tempfiles import sweep_temporary_files as sweep_temporary_files  # re-exported
 
 
 def set_seed(seed: int) -> None:
@@ -46,6 +57,64 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     pyro.set_rng_seed(seed)
+
+
+def stage_seed(run_seed: int, stage: str) -> int:
+    """The seed of stage ``stage`` of a run seeded with ``run_seed``: an int in ``[0, 2**32)``.
+
+    A stable hash (BLAKE2b of ``"<run_seed>/<stage>"``), the same in every process, Python version
+    and platform (unlike ``hash()``), and different for different stages of one run. Seeding each
+    stage with it right before its modules are built (and giving it to the stage's ``fit``) makes a
+    stage's parameters independent of what earlier stages did to the global RNGs: a stage started
+    fresh, resumed mid-way, or started after an earlier stage was resumed or skipped (finished)
+    gives bit-identical parameters.
+
+    Raises:
+        TypeError: ``run_seed`` is not an int or ``stage`` not a non-empty string.
+    """
+    if isinstance(run_seed, bool) or not isinstance(run_seed, int | np.integer):
+        raise TypeError(f"run_seed must be an int, got {type(run_seed).__name__} {run_seed!r}")
+    if not isinstance(stage, str) or not stage:
+        raise TypeError(f"stage must be a non-empty string, got {stage!r}")
+    digest = hashlib.blake2b(f"{int(run_seed)}/{stage}".encode(), digest_size=4, person=b"pyro_mmvae.stage")
+    return int.from_bytes(digest.digest(), "big")
+
+
+KILL_ENV = "PYRO_MMVAE_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(event: str, detail: str | None = None) -> None:
+    """TEST HOOK (fault injection): SIGKILL this process at the n-th occurrence of an event.
+
+    Does nothing unless the environment variable ``PYRO_MMVAE_KILL_AT`` is set to
+    ``"<event>:<n>"`` or ``"<event>:<detail>:<n>"``; the n-th call (1-based, counted per process)
+    whose ``event`` (and ``detail``) match then kills the process with ``SIGKILL`` (no clean-up,
+    no ``finally`` blocks: what a power cut or the OOM killer does). The library's events:
+
+    - ``atomic_write:mid:<file name>``: the content is written to the temporary file but not yet
+      flushed or fsync-ed (a partial temporary file is left);
+    - ``atomic_write:before_replace:<file name>``: the temporary file is complete and fsync-ed,
+      the rename onto the target has not happened;
+    - ``fit_step:<stage>``: after an optimizer step of ``fit`` (mid-epoch);
+    - ``stage_end:<stage>``: a stage of the CLI pipeline returned, the next has not begun.
+
+    Used by ``tests/test_crash_safety.py``; reading one environment variable costs nanoseconds.
+
+    Raises:
+        ValueError: the variable is set but is not of the form ``<event>[:<detail>]:<n>`` with n >= 1.
+    """
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    name, _, count = spec.rpartition(":")
+    if not name or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{KILL_ENV} must be '<event>[:<detail>]:<n>' with n >= 1, got {spec!r}")
+    if name != event and (detail is None or name != f"{event}:{detail}"):
+        return
+    _kill_counts[spec] = _kill_counts.get(spec, 0) + 1
+    if _kill_counts[spec] == int(count):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -91,23 +160,29 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], binary: bool = True) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a temporary file next to ``path``, then it replaces ``path``.
 
-    The temporary file lives in the same folder (``os.replace`` is atomic only within one file
-    system), is flushed and fsync-ed before the rename, and is removed if ``write`` raises; in
-    that case ``path`` keeps its previous content. Parent folders are created. The file ends up
-    with the permissions a plain ``open(path, "w")`` gives (see :func:`_create_beside`).
+    The temporary file (``.<name>.pyro-mmvae-<12 hex>.tmp``, see :mod:`pyro_mmvae.tempfiles`) lives
+    in the same folder (``os.replace`` is atomic only within one file system), is locked while it is
+    written so that :func:`sweep_temporary_files` leaves it alone, is flushed and fsync-ed before the
+    rename, and is removed if ``write`` raises; in that case ``path`` keeps its previous content. A
+    process killed mid-write leaves the temporary file behind (the target is untouched); the next
+    sweep of the folder removes it. Parent folders are created. The file ends up with the
+    permissions a plain ``open(path, "w")`` gives.
 
     Returns:
         ``path`` as a ``Path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_beside(path)
+    fd, tmp = create_temporary(path)
     try:
+        # the file stays open (and locked) until after the rename: a sweep never sees it unlocked
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            kill_point("atomic_write:mid", path.name)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            kill_point("atomic_write:before_replace", path.name)
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -116,34 +191,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], binary: bo
         raise
     _fsync_dir(path.parent)
     return path
-
-
-def _create_beside(path: Path) -> tuple[int, str]:
-    """Create a new, uniquely named temporary file next to ``path``: ``(fd open for writing, its name)``.
-
-    Its permissions are those ``open(path, "w")`` would give: a new file gets 0o666 minus the umask,
-    a file that replaces an existing one keeps that file's mode. (``tempfile.mkstemp`` creates
-    0o600 files, which made every run's config, metrics and checkpoints unreadable to other users.)
-    Passing 0o666 to ``os.open`` lets the kernel apply the umask (and a folder's default ACL) itself,
-    so the process-global umask is never read or changed, which keeps this safe with threads.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        try:
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        except FileNotFoundError:
-            pass  # a new file: the umask already applied
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        return fd, tmp
-    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -171,6 +218,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
 
 
 # ---------------------------------------------------------------------------------------- results files
+def read_json(path: str | os.PathLike, required: Sequence[str] = (), what: str = "run-folder file") -> Any:
+    """The JSON content of ``path``; a missing, unreadable or corrupt file, or a JSON object lacking one
+    of the ``required`` keys, raises :class:`~pyro_mmvae.errors.RunFolderError` naming the path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RunFolderError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from err
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RunFolderError(
+            f"{what} {path} is not valid JSON (corrupt or partially written): {err}; restore it or start a new run"
+        ) from err
+    if required:
+        if not isinstance(obj, dict):
+            raise RunFolderError(f"{what} {path} holds a JSON {type(obj).__name__}, expected an object")
+        lacking = [k for k in required if k not in obj]
+        if lacking:
+            raise RunFolderError(f"{what} {path} lacks the entries {lacking}")
+    return obj
+
+
 def to_jsonable(x: Any, non_finite: str = "null") -> Any:
     """``x`` with every part turned into plain JSON: dicts (keys as strings), lists, numbers, strings, None.
 

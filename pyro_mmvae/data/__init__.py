@@ -1,4 +1,6 @@
-"""Named-modality batches, datasets, validation, dataset generators and their linear-Gaussian ground truth."""
+"""Named-modality batches, datasets, validation (one path: :func:`validate_batch`), dataset generators and their
+linear-Gaussian ground truth.
+"""
 
 from .batch import MultimodalBatch, Subset, collate
 from .dataset import MultimodalDataset, get_batch, iterate_batches, num_batches
@@ -14,6 +16,7 @@ from .synthetic import (
     table_data,
 )
 from .toy import CirclesSquares
+from .validation import validate_batch
 
 __all__ = [
     "Modality",
@@ -34,4 +37,5 @@ __all__ = [
     "ivae_multimodal",
     "table_data",
     "partial_view_mask",
+    "validate_batch",
 ]

@@ -1,9 +1,10 @@
 """``MultimodalBatch``: named modality tensors with per-modality presence masks.
 
 Shapes: ``data[name]`` is ``(B, *event_shape)``; ``present[name]`` is a bool tensor ``(B,)``;
-``labels`` is an optional dict of ``(B, ...)`` tensors (class, sizes, ...). Missing entries of a
-modality are stored as zeros so that every tensor keeps its full batch shape; the presence
-mask says which rows are real.
+``labels`` is an optional dict of ``(B, ...)`` tensors (class, sizes, ...). Every tensor keeps its
+full batch shape; the presence mask says which rows are real. A missing row may hold anything:
+:meth:`MultimodalBatch.validate` (the library's one validation path,
+:func:`~pyro_mmvae.data.validation.validate_batch`) returns a copy with zeros there.
 
 A *subset* selects which modalities an encoder may look at. Everywhere in the library a subset is
 one of: ``None`` (every present modality), an iterable of names (the same subset for every row),
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError, InputTypeError, UnknownModalityError
 from .modality import Modality
 
 Subset = None | Iterable[str] | Mapping[str, torch.Tensor]
@@ -31,18 +33,24 @@ class MultimodalBatch:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.data:
-            raise ValueError("a MultimodalBatch needs at least one modality")
+        if not isinstance(self.data, Mapping) or not self.data:
+            raise InputError("a MultimodalBatch needs at least one modality (data: a dict name -> tensor)")
+        for name, x in self.data.items():
+            if not isinstance(x, torch.Tensor):
+                raise InputTypeError(
+                    f"modality {name!r}: expected a torch.Tensor, got {type(x).__name__}; convert it with "
+                    "torch.as_tensor(x) (float32 for continuous/bernoulli data, int64 for class indices)"
+                )
         sizes = {name: x.shape[0] for name, x in self.data.items()}
         if len(set(sizes.values())) != 1:
-            raise ValueError(f"modalities disagree on the batch size: {sizes}")
+            raise InputError(f"modalities disagree on the batch size (rows per modality): {sizes}")
         ref = next(iter(self.data.values()))
         for name in self.data:
             if name not in self.present:
                 self.present[name] = torch.ones(ref.shape[0], dtype=torch.bool, device=ref.device)
         unknown = set(self.present) - set(self.data)
         if unknown:
-            raise ValueError(f"presence masks given for unknown modalities {sorted(unknown)}")
+            raise UnknownModalityError(f"presence masks given for unknown modalities {sorted(unknown)}")
 
     # ------------------------------------------------------------------ basics
     @property
@@ -100,7 +108,7 @@ class MultimodalBatch:
     def _check_names(self, names) -> None:
         unknown = [n for n in names if n not in self.data]
         if unknown:
-            raise KeyError(f"unknown modality name(s) {unknown}; this batch has {self.names}")
+            raise UnknownModalityError(f"unknown modality name(s) {unknown}; this batch has {self.names}")
 
     def subset_mask(self, subset: Subset = None) -> dict[str, torch.Tensor]:
         """Per-row subset masks ``name -> BoolTensor(B,)``, intersected with presence.
@@ -121,7 +129,7 @@ class MultimodalBatch:
                     continue
                 m = torch.as_tensor(m, device=self.device)
                 if m.dtype != torch.bool or m.shape != (self.batch_size,):
-                    raise ValueError(
+                    raise InputError(
                         f"subset mask for {name!r} must be a bool tensor of shape ({self.batch_size},), "
                         f"got {m.dtype} {tuple(m.shape)}"
                     )
@@ -141,49 +149,18 @@ class MultimodalBatch:
 
     # ------------------------------------------------------------------ validation
     def validate(self, modalities: Iterable[Modality] | Mapping[str, Modality]) -> MultimodalBatch:
-        """Check names, shapes, dtypes and values against ``modalities``; return ``self``.
+        """Check names, types, shapes, dtypes, masks and values against ``modalities``.
 
-        Raises a ``KeyError``/``ValueError``/``TypeError`` that names the offending modality.
-        Non-finite values are only rejected in rows where the modality is present.
+        Returns the safe batch of :func:`~pyro_mmvae.data.validation.validate_batch` (``self`` when
+        every row is present; otherwise a copy whose missing rows hold zeros). The batch must hold
+        every one of ``modalities``. Raises an :class:`~pyro_mmvae.errors.InputError` /
+        :class:`~pyro_mmvae.errors.InputTypeError` / :class:`~pyro_mmvae.errors.UnknownModalityError`
+        (a ``ValueError`` / ``TypeError`` / ``KeyError``) naming the offending modality. Non-finite
+        and out-of-range values are only rejected in rows where the modality is present.
         """
-        if isinstance(modalities, Mapping):
-            modalities = modalities.values()
-        spec = {m.name: m for m in modalities}
-        unknown = [n for n in self.data if n not in spec]
-        if unknown:
-            raise KeyError(f"unknown modality name(s) {unknown}; the model knows {sorted(spec)}")
-        missing = [n for n in spec if n not in self.data]
-        if missing:
-            raise KeyError(
-                f"batch lacks modalities {missing}; pass them as zeros with present=False to mark them missing"
-            )
-        b = self.batch_size
-        for name, x in self.data.items():
-            spec[name].validate(x, b)
-            p = self.present[name]
-            if p.dtype != torch.bool or p.shape != (b,):
-                raise ValueError(
-                    f"presence mask of {name!r} must be a bool tensor of shape ({b},), got {p.dtype} {tuple(p.shape)}"
-                )
-            if x.dtype.is_floating_point:
-                bad = ~torch.isfinite(x.reshape(b, -1)).all(-1) & p
-                if bad.any():
-                    rows = bad.nonzero().flatten()[:5].tolist()
-                    raise ValueError(f"modality {name!r} has NaN/inf values in present rows {rows}")
-            m = spec[name]
-            if m.likelihood == "bernoulli":
-                xp = x[p]
-                if xp.numel() and ((xp < 0) | (xp > 1)).any():
-                    raise ValueError(f"modality {name!r} (bernoulli) needs values in [0, 1]")
-            if m.is_discrete:
-                xp = x[p]
-                if xp.numel() and ((xp < 0) | (xp >= m.num_classes)).any():
-                    raise ValueError(f"modality {name!r} (categorical) needs class indices in [0, {m.num_classes})")
-        any_present = torch.stack(list(self.present.values()), -1).any(-1)
-        if not any_present.all():
-            rows = (~any_present).nonzero().flatten()[:5].tolist()
-            raise ValueError(f"rows {rows} have every modality missing; drop them before training")
-        return self
+        from .validation import validate_batch
+
+        return validate_batch(self, modalities, require_all=True)
 
 
 def collate(items) -> MultimodalBatch:
@@ -194,7 +171,7 @@ def collate(items) -> MultimodalBatch:
     if isinstance(items, MultimodalBatch):
         return items
     if not items:
-        raise ValueError("cannot collate an empty list of items")
+        raise InputError("cannot collate an empty list of items")
     first = items[0]
 
     def stack(key):

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError, InputTypeError
+
 LIKELIHOODS = ("normal", "laplace", "bernoulli", "categorical", "onehot_categorical")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -46,20 +48,22 @@ class Modality:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(f"modality name {self.name!r} must be an identifier (letters, digits, '_')")
+            raise InputError(f"modality name {self.name!r} must be an identifier (letters, digits, '_')")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if any(s < 1 for s in self.shape):
+            raise InputError(f"modality {self.name!r}: every entry of shape must be >= 1, got {self.shape}")
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(
+            raise InputError(
                 f"modality {self.name!r}: unknown likelihood {self.likelihood!r}; expected one of {LIKELIHOODS}"
             )
         if self.likelihood == "categorical" and (self.num_classes is None or self.num_classes < 2):
-            raise ValueError(f"modality {self.name!r}: 'categorical' needs num_classes >= 2")
+            raise InputError(f"modality {self.name!r}: 'categorical' needs num_classes >= 2")
         if self.likelihood == "onehot_categorical" and (len(self.shape) == 0 or self.shape[-1] < 2):
-            raise ValueError(f"modality {self.name!r}: 'onehot_categorical' needs shape (..., K) with K >= 2")
+            raise InputError(f"modality {self.name!r}: 'onehot_categorical' needs shape (..., K) with K >= 2")
         if self.scale <= 0:
-            raise ValueError(f"modality {self.name!r}: scale must be positive, got {self.scale}")
+            raise InputError(f"modality {self.name!r}: scale must be positive, got {self.scale}")
         if self.weight < 0:
-            raise ValueError(f"modality {self.name!r}: weight must be non-negative, got {self.weight}")
+            raise InputError(f"modality {self.name!r}: weight must be non-negative, got {self.weight}")
 
     @property
     def is_discrete(self) -> bool:
@@ -78,18 +82,33 @@ class Modality:
         return dtype.is_floating_point
 
     def validate(self, x: torch.Tensor, batch_size: int | None = None) -> None:
-        """Raise ``ValueError`` naming this modality when ``x`` (shape ``(B, *shape)``) is malformed."""
+        """Check the type, shape ``(B, *shape)`` and dtype of ``x``; raise naming this modality.
+
+        Raises:
+            InputTypeError: ``x`` is not a tensor (e.g. a numpy array) or has the wrong dtype
+                (floats for ``normal``/``laplace``/``bernoulli``/``onehot_categorical``, integer class
+                indices for ``categorical``).
+            InputError: the shape differs from ``(B, *shape)`` or the batch size from ``batch_size``.
+        """
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"modality {self.name!r}: expected a torch.Tensor, got {type(x).__name__}")
+            hint = " (convert it with torch.as_tensor(x))" if hasattr(x, "__array__") else ""
+            raise InputTypeError(f"modality {self.name!r}: expected a torch.Tensor, got {type(x).__name__}{hint}")
         if tuple(x.shape[1:]) != self.shape or x.dim() != len(self.shape) + 1:
-            raise ValueError(
+            raise InputError(
                 f"modality {self.name!r}: expected shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}"
             )
         if batch_size is not None and x.shape[0] != batch_size:
-            raise ValueError(f"modality {self.name!r}: batch size {x.shape[0]} differs from the batch's {batch_size}")
+            raise InputError(f"modality {self.name!r}: batch size {x.shape[0]} differs from the batch's {batch_size}")
         if not self.expected_dtype_ok(x.dtype):
-            kind = "an integer (class index)" if self.is_discrete else "a floating-point"
-            raise TypeError(f"modality {self.name!r}: expected {kind} dtype, got {x.dtype}")
+            if self.is_discrete:
+                raise InputTypeError(
+                    f"modality {self.name!r} ({self.likelihood}): expected an integer (class index) dtype, got "
+                    f"{x.dtype}; convert with x.long()"
+                )
+            raise InputTypeError(
+                f"modality {self.name!r} ({self.likelihood}): expected a floating-point dtype, got {x.dtype}; "
+                "convert with x.float() (and scale images to [0, 1] for a bernoulli modality)"
+            )
 
 
 def reconstruction_weights(modalities, rule: str = "largest") -> dict[str, float]:
@@ -100,6 +119,6 @@ def reconstruction_weights(modalities, rule: str = "largest") -> dict[str, float
     if rule == "none":
         return {m.name: 1.0 for m in modalities}
     if rule != "largest":
-        raise ValueError(f"unknown weighting rule {rule!r}; expected 'largest' or 'none'")
+        raise InputError(f"unknown weighting rule {rule!r}; expected 'largest' or 'none'")
     largest = max(m.numel for m in modalities)
     return {m.name: largest / m.numel for m in modalities}

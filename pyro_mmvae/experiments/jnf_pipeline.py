@@ -12,13 +12,17 @@ on the circles/squares data, as run by ``pyro-mmvae train`` and ``pyro-mmvae sam
         latent_space.png  reconstructions.png  prior_samples.png
 
 Every stage is a checkpointed ``fit`` stage, so ``resume=True`` continues an interrupted run and
-loads finished stages without retraining them. :func:`sample_toy` generates the unobserved
+loads finished stages without retraining them. Each stage is seeded with
+:func:`~pyro_mmvae.utils.stage_seed` of the run seed and its name right before its modules are built,
+and ``fit`` gets the same seed: a stage's parameters do not depend on whether earlier stages were
+trained, resumed or skipped, so a run killed at any point (SIGKILL included) and resumed ends with
+bit-identical parameters and metrics. Opening a run folder sweeps the temporary files a killed
+process left (:func:`~pyro_mmvae.utils.sweep_temporary_files`). :func:`sample_toy` generates the unobserved
 modalities of test points from a run folder (unimodal expert, joint encoder or the subset posterior).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +35,16 @@ from ..data import iterate_batches
 from ..infer.conditional import ConditionalSamples, conditional_generate
 from ..infer.jnf import JNFLoss
 from ..train import LinearAnnealing, fit, load_stage, train_projectors
-from ..utils import atomic_write, atomic_write_json, resolve_device, set_seed
+from ..utils import (
+    atomic_write,
+    atomic_write_json,
+    kill_point,
+    read_json,
+    resolve_device,
+    set_seed,
+    stage_seed,
+    sweep_temporary_files,
+)
 from . import toy
 
 DATASETS = ("toy",)
@@ -108,6 +121,7 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
     Returns the run folder and the metrics written to ``metrics.json``.
     """
     out = toy_run_folder(config)
+    sweep_temporary_files(out, recursive=True)  # leftovers of a killed run (only the library's own naming)
     device = resolve_device(config.device)
     if not (out / "config.json").exists():
         record = {"command": command, **asdict(config)}
@@ -117,6 +131,8 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
     start = time.time()
     progress = not config.no_progress
     train, val, test = toy.build_data(config.train_size, config.val_size, config.test_size, config.seed)
+    seed = stage_seed(config.seed, "joint")
+    set_seed(seed)  # the stage's initialisation depends on the run seed and its name only
     model, guide = toy.build_joint_vae(config.latent_dim)
     beta = config.beta
     if config.anneal_epochs:
@@ -134,10 +150,11 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
         run_dir=out,
         stage="joint",
         resume=config.resume,
-        seed=config.seed,
+        seed=seed,
         device=device,
         progress=progress,
     )
+    kill_point("stage_end", "joint")  # test hook (no-op unless PYRO_MMVAE_KILL_AT is set)
     set_seed(config.seed)  # the metrics draw samples: the same draws whether or not the run was resumed
     metrics = toy.evaluate_joint(model, guide, test, out, device)
     if config.model in ("jnf", "jnf-shared"):
@@ -163,6 +180,8 @@ def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, 
         # Stage 0 of JNF-Shared, the fit stage 'projectors' (checkpointed like every stage): resume
         # continues an interrupted stage and loads a finished one without retraining it. The
         # projectors end frozen; the 'experts_shared' stage stores them again inside its guide.
+        seed = stage_seed(config.seed, "projectors")
+        set_seed(seed)
         projectors = toy.build_projectors().to(device)
         train_projectors(
             projectors,
@@ -170,16 +189,20 @@ def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, 
             objective=config.projector,
             epochs=config.projector_epochs,
             batch_size=256,
-            seed=config.seed,
+            seed=seed,
             progress=progress,
             run_dir=out,
             stage="projectors",
             resume=config.resume,
             device=device,
         )
+        kill_point("stage_end", "projectors")
     experts = {}
     for variant in variants:
-        guide = toy.build_experts(config.latent_dim, variant, projectors, seed=config.seed)
+        stage = f"experts_{variant}"
+        seed = stage_seed(config.seed, stage)
+        set_seed(seed)  # not the RNG state left by the previous stage (which a skipped stage does not leave)
+        guide = toy.build_experts(config.latent_dim, variant, projectors, seed=seed)
         fit(
             model,
             guide,
@@ -192,12 +215,13 @@ def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, 
             params=guide.experts,
             train_mode_modules=[guide.experts],
             run_dir=out,
-            stage=f"experts_{variant}",
+            stage=stage,
             resume=config.resume,
-            seed=config.seed,
+            seed=seed,
             device=device,
             progress=progress,
         )
+        kill_point("stage_end", stage)
         experts[variant] = guide
     return toy.evaluate_experts(model, joint_guide, experts, test, out, device, seed=config.seed)
 
@@ -218,7 +242,7 @@ def load_toy_run(run: str | Path, variant: str = "flow", device="auto"):
     config_path = run / "config.json"
     if not config_path.exists():
         raise PipelineInputError(f"{run} is not a run folder (no config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, required=("latent_dim", "test_size", "seed"), what="run config")
     device = resolve_device(device)
     model, joint = toy.build_joint_vae(config["latent_dim"])
     load_stage(run, "joint", model, joint)

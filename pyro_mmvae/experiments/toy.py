@@ -18,7 +18,7 @@ from ..data.toy import centre_fill_classifier
 from ..guides import FlowExpertGuide, JointGuide
 from ..infer.elbo import BetaELBO
 from ..metrics.coherence import conditional_coherence, joint_coherence
-from ..models import MultimodalVAE
+from ..models import MultimodalVAE, as_model
 from ..nn.projectors import make_projectors
 
 CLASS_NAMES = ("empty", "full")
@@ -63,7 +63,9 @@ def evaluate_joint(model, guide, test, out_dir, device, num_plot: int = 3000, ba
     negative log-likelihood per image), coherence of the shared full/empty class under the centre
     fill-ratio classifier (reconstructions vs the true class, and joint coherence of prior
     samples), and writes ``latent_space.png``, ``reconstructions.png``, ``prior_samples.png``.
+    ``model`` may be a Pyro function that declares its modalities (see :func:`~pyro_mmvae.models.as_model`).
     """
+    model = as_model(model, guide, next(iterate_batches(test, 1, shuffle=False)).to(device))
     model.eval()
     guide.eval()
     out_dir = Path(out_dir)

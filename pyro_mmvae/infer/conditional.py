@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.batch import MultimodalBatch
+from ..data.validation import validate_for
+from ..errors import InputError, check_int
+from ..models.function import as_model
 from .mcmc import sample_subset_posterior
 from .subset_posterior import SubsetPosterior
 
@@ -71,7 +74,11 @@ def sample_latents(
     """
     given = _given_names(given, names)
     if method not in ("auto", "mcmc"):
-        raise ValueError(f"method must be 'auto' or 'mcmc', got {method!r}")
+        raise InputError(f"method must be 'auto' or 'mcmc', got {method!r}")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    num_chains = check_int(num_chains, "num_chains", minimum=1)
+    mcmc_warmup = check_int(mcmc_warmup, "mcmc_warmup", minimum=0)
+    batch = validate_for(batch, joint_guide, experts, allow_unknown=True)
     if method == "auto" and set(given) == set(names):
         if joint_guide is None:
             raise ValueError("conditioning on every modality needs the joint guide")
@@ -103,7 +110,13 @@ def sample_latents(
 def conditional_generate(
     model, batch: MultimodalBatch, given, *, joint_guide=None, experts=None, num_samples: int = 1, **kwargs
 ) -> ConditionalSamples:
-    """Latents given ``given`` and the decoded means of every other modality of ``model``."""
+    """Latents given ``given`` and the decoded means of every other modality of ``model``.
+
+    ``model`` is a library model, a user's ``PyroModule`` with ``names``/``prior_dist``/``reconstruct``, or a
+    Pyro function that declares its modalities (:class:`~pyro_mmvae.models.FunctionModel`: the prior and the
+    decoded means are read from the program itself).
+    """
+    model = as_model(model, joint_guide if joint_guide is not None else experts, batch)
     names = list(model.names)
     given = _given_names(given, names)
     z, method, stats = sample_latents(

@@ -10,14 +10,21 @@ MEAN over data points (and particles), so learning rates do not depend on the ba
 
 It subclasses ``pyro.infer.ELBO`` and implements ``differentiable_loss``: use it with
 ``pyro.infer.SVI`` or as ``BetaELBO()(model, guide)`` → an ``nn.Module`` for plain torch optimisers.
+That module's ``parameters()`` are those of the model and guide MODULES it is given: networks that a
+plain function model registers with ``pyro.module`` live in Pyro's param store and are not among them.
+Wrap such a function in :class:`~pyro_mmvae.models.FunctionModel` (which adopts them) before building
+an optimizer over ``BetaELBO()(model, guide).parameters()``, or train with :func:`~pyro_mmvae.train.fit`.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from pyro.infer import ELBO
 
 from ..data.batch import MultimodalBatch, Subset
+from ..data.validation import validate_for
 from ..distributions.detach import detach_distribution
 from .traces import observation_weights, per_datapoint, run_pair, sample_sites
 
@@ -29,13 +36,42 @@ def _check_beta(beta: float) -> float:
     return beta
 
 
+def _validating(loss_fn):
+    """Wrap ``differentiable_loss(self, model, guide, batch, ...)``: validate ``batch`` once per call.
+
+    The batch is checked against the modalities model and guide declare
+    (:func:`~pyro_mmvae.data.validation.validate_for`) and replaced by the safe batch (missing rows
+    zero-filled), so no missing row reaches a log-density; a batch validated before passes at once.
+    """
+
+    @functools.wraps(loss_fn)
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        if args:
+            args = (validate_for(args[0], model, guide), *args[1:])
+        elif "batch" in kwargs:
+            kwargs["batch"] = validate_for(kwargs["batch"], model, guide)
+        return loss_fn(self, model, guide, *args, **kwargs)
+
+    differentiable_loss._validates_batch = True
+    return differentiable_loss
+
+
 class LossELBO(ELBO):
     """Base of the library's objectives: subclasses implement ``differentiable_loss`` only.
 
     ``loss`` and ``loss_and_grads`` (what ``pyro.infer.SVI`` calls) are derived from it, and
     ``ELBO()(model, guide)`` gives an ``nn.Module`` for plain torch optimisers. The objectives build
     their own traces, so Pyro's generic ``_get_trace`` is not used.
+
+    Every subclass's ``differentiable_loss`` validates its batch on the way in, once per call
+    (:func:`_validating`): the one validation path of every objective.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("differentiable_loss")
+        if fn is not None and not getattr(fn, "_validates_batch", False):
+            cls.differentiable_loss = _validating(fn)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         raise NotImplementedError

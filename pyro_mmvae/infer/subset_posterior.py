@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from ..data.validation import validate_for
 from . import properness
 from .properness import ImproperPosteriorError
 
@@ -128,9 +129,11 @@ class SubsetPosterior:
                     f"expert {name!r} must have batch shape ({self.num_data},) and event shape "
                     f"({self.latent_dim},), got batch {tuple(e.batch_shape)} and event {tuple(e.event_shape)}"
                 )
+        if tuple(self.prior.batch_shape) == (1,) and self.num_data != 1:  # one prior row for every point
+            self.prior = self.prior.expand(torch.Size([self.num_data]))
         if tuple(self.prior.batch_shape) not in ((), (self.num_data,)):
             raise ValueError(
-                f"the prior's batch shape must be () or ({self.num_data},), got {tuple(self.prior.batch_shape)}"
+                f"the prior's batch shape must be (), (1,) or ({self.num_data},), got {tuple(self.prior.batch_shape)}"
             )
         self.mask = self._check_mask(mask)
         # the shape checks above were done on the given objects; evaluate unvalidated copies
@@ -178,6 +181,7 @@ class SubsetPosterior:
                 row) or ``name -> BoolTensor(N,)`` per-row subsets; intersected with presence.
             prior: the model's prior (a distribution or a prior module).
         """
+        batch = validate_for(batch, guide, allow_unknown=True)  # the experts then see the safe batch
         masks = batch.subset_mask(subset)
         if subset is None:
             names = [n for n in batch.names if bool(masks[n].any())]

@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..data.batch import MultimodalBatch, Subset
+from ..data.validation import validate_for
 from ..distributions.detach import detach_distribution
 from ..sites import (
     DATA_PLATE,
@@ -66,7 +67,12 @@ def trace_model(model, guide_trace, batch: MultimodalBatch, beta: float = 1.0, n
 
 
 def run_pair(model, guide, batch, subset: Subset = None, beta: float = 1.0, num_particles: int = 1):
-    """``(guide_trace, model_trace)`` for one draw of ``num_particles`` particles from q(·|x_subset)."""
+    """``(guide_trace, model_trace)`` for one draw of ``num_particles`` particles from q(·|x_subset).
+
+    ``batch`` is validated against the modalities of model and guide first (once: a validated batch
+    passes at once), and the safe batch (missing rows zero-filled) is what both programs see.
+    """
+    batch = validate_for(batch, model, guide)
     g = trace_guide(guide, batch, subset, beta, num_particles)
     m = trace_model(model, g, batch, beta, num_particles)
     return g, m
@@ -222,7 +228,9 @@ def draw_subset_terms(
     replay the guide with subset S on z_M (part ``"cross"``, needs ``"M"``).
 
     ``subset`` must already be per-row masks within presence (``batch.subset_mask(...)``).
+    ``batch`` is validated as in :func:`run_pair`.
     """
+    batch = validate_for(batch, model, guide)
     parts = set(parts)
     unknown = parts - {"S", "M", "cross"}
     if unknown:

@@ -24,6 +24,8 @@ import torch
 
 from ..data.batch import MultimodalBatch, Subset
 from ..data.dataset import iterate_batches
+from ..data.validation import validate_for
+from ..errors import check_int
 from ..infer.traces import check_latent_sites, latent_log_prob, masked_sum, observed_log_probs, run_pair
 
 
@@ -70,9 +72,9 @@ def log_likelihood(
         num_particles: L importance samples per data point (64 for Table 3, 512 for Tables 4-5).
         chunk: particles evaluated at once.
     """
-    if int(num_particles) < 1 or int(chunk) < 1:
-        raise ValueError(f"num_particles and chunk must be >= 1, got {num_particles} and {chunk}")
-    num_particles, chunk = int(num_particles), int(chunk)
+    num_particles = check_int(num_particles, "num_particles", minimum=1)
+    chunk = check_int(chunk, "chunk", minimum=1)
+    batch = validate_for(batch, model, guide)
     with torch.no_grad():
         eval_masks = batch.subset_mask(subset_eval)
         if subset_condition is None:

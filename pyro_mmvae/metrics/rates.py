@@ -24,6 +24,8 @@ import torch
 
 from ..data.batch import MultimodalBatch, Subset
 from ..data.dataset import iterate_batches
+from ..data.validation import validate_for
+from ..errors import check_int
 from ..infer.masks import make_mask_sampler
 from ..infer.traces import draw_subset_terms, masked_sum
 
@@ -48,9 +50,11 @@ def rates_and_distortions(
     ``subset``: S as names or per-row masks, or a mask sampler (a callable ``batch -> masks`` or
     one of ``"paper"``, ``"uniform"``, ``"singletons"``, ``"all"``) to draw S per data point.
     """
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    batch = validate_for(batch, model, guide)
     with torch.no_grad():
         s = _resolve_subset(batch, subset)
-        d = draw_subset_terms(model, guide, batch, s, beta=1.0, num_particles=int(num_samples), stl=False)
+        d = draw_subset_terms(model, guide, batch, s, beta=1.0, num_particles=num_samples, stl=False)
         out = {
             "full_reconstruction": masked_sum(d.recon_M, d.present),
             "full_rate": d.log_q_M - d.log_p_M,

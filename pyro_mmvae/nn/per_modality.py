@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from torch import nn
 
 from ..data.modality import Modality
+from ..errors import check_int
 
 
 def index_modalities(modalities: Iterable[Modality], owner: str | None = None) -> dict[str, Modality]:
@@ -32,11 +33,9 @@ def index_modalities(modalities: Iterable[Modality], owner: str | None = None) -
 
 
 def check_latent_dim(latent_dim: int, what: str = "latent_dim") -> int:
-    """``int(latent_dim)``, raising ``ValueError`` unless it is >= 1."""
-    d = int(latent_dim)
-    if d < 1:
-        raise ValueError(f"{what} must be >= 1, got {latent_dim}")
-    return d
+    """``int(latent_dim)``, raising :class:`~pyro_mmvae.errors.InputError` (a ``ValueError``) unless it is
+    an integer >= 1 (:class:`~pyro_mmvae.errors.InputTypeError` for a non-integer)."""
+    return check_int(latent_dim, what, minimum=1)
 
 
 def check_known_modalities(given: Mapping, names: Iterable[str], what: str, owner: str = "guide") -> None:

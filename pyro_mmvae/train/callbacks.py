@@ -126,8 +126,8 @@ class CSVLogger(Callback):
 
 
 class Checkpoint(Callback):
-    """``config.json`` at the start; ``checkpoint.pt`` every ``every`` epochs and at the end; ``best.pt``
-    whenever validation improves. Holds the full state needed for a bit-exact resume."""
+    """``config.json`` at the start; ``best.pt`` whenever validation improves, then ``checkpoint.pt``
+    every ``every`` epochs and at the end. Holds the full state needed for a bit-exact resume."""
 
     order = 20
 
@@ -140,6 +140,14 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state: TrainingState, row: dict) -> None:
         files = state.files
+        # best.pt first, then checkpoint.pt: a kill between the two leaves best.pt one epoch ahead of
+        # a checkpoint that deterministically re-runs that epoch; resuming rewrites best.pt from the
+        # checkpoint (StageFiles.repair_best), so the two agree after any kill.
+        if state.improved:
+            save_checkpoint(
+                {"epoch": state.epoch, "val_loss": row["val_loss"], "config": state.record, **state.best.weights},
+                files.best,
+            )
         if state.epoch % self.every == 0 or state.finished:
             save_checkpoint(
                 {
@@ -161,11 +169,6 @@ class Checkpoint(Callback):
                     "config": state.record,
                 },
                 files.checkpoint,
-            )
-        if state.improved:
-            save_checkpoint(
-                {"epoch": state.epoch, "val_loss": row["val_loss"], "config": state.record, **state.best.weights},
-                files.best,
             )
 
 

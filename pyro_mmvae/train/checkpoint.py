@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import RunFolderError
 from ..utils import atomic_write
 
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, RunFolderError):
     """A checkpoint file is unreadable (corrupt, partial, or not written by this library)."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, InputTypeError
 from .optim import OptimizerSpec, check_optimizer
 from .schedules import Schedule, as_beta_schedule, as_lr_schedule
 
@@ -36,7 +37,7 @@ LOCATION_FIELDS = ("run_dir", "stage", "resume", "overwrite")
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -45,14 +46,14 @@ def _optional_positive(name: str, value) -> float | None:
         return None
     value = float(value)
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0 or None, got {value}")
+        raise InputError(f"{name} must be a finite number > 0 or None, got {value}")
     return value
 
 
 def check_stage(stage: str) -> str:
     """``stage`` if it is a usable folder name, else ``ValueError``."""
     if not isinstance(stage, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stage):
-        raise ValueError(
+        raise InputError(
             f"stage must be a non-empty folder name of letters, digits, '_', '-', '.' (not starting with '.'), "
             f"got {stage!r}"
         )
@@ -130,7 +131,7 @@ class FitConfig:
         self.checkpoint_every = _positive_int("checkpoint_every", self.checkpoint_every)
         lr = _optional_positive("lr", self.lr)
         if lr is None:
-            raise ValueError("lr must be a finite number > 0, got None")
+            raise InputError("lr must be a finite number > 0, got None")
         self.lr = lr
         self.grad_clip = _optional_positive("grad_clip", self.grad_clip)
         self.grad_clip_value = _optional_positive("grad_clip_value", self.grad_clip_value)
@@ -138,7 +139,7 @@ class FitConfig:
             self.early_stopping_patience = _positive_int("early_stopping_patience", self.early_stopping_patience)
         self.early_stopping_min_delta = float(self.early_stopping_min_delta)
         if not (self.early_stopping_min_delta >= 0 and math.isfinite(self.early_stopping_min_delta)):
-            raise ValueError(
+            raise InputError(
                 f"early_stopping_min_delta must be a finite number >= 0, got {self.early_stopping_min_delta}"
             )
         check_stage(self.stage)
@@ -148,14 +149,14 @@ class FitConfig:
         check_optimizer(self.optimizer, self.optimizer_kwargs)
         self.loss_kwargs = dict(self.loss_kwargs or {})
         if "beta" in self.loss_kwargs:
-            raise ValueError("pass beta through fit's beta argument, not through loss_kwargs")
+            raise InputError("pass beta through fit's beta argument, not through loss_kwargs")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+            raise InputTypeError(f"seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
         if self.resume and self.overwrite:
-            raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+            raise InputError("resume=True and overwrite=True contradict each other; choose one")
         if self.run_dir is None and (self.resume or self.tensorboard):
-            raise ValueError(f"{'resume' if self.resume else 'tensorboard'}=True needs a run_dir")
+            raise InputError(f"{'resume' if self.resume else 'tensorboard'}=True needs a run_dir")
 
     @property
     def beta_schedule(self) -> Schedule:
@@ -171,13 +172,13 @@ class FitConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(settings) - names)
         if unknown:
-            raise TypeError(f"unknown fit setting(s) {unknown}; FitConfig fields are {sorted(names)}")
+            raise InputTypeError(f"unknown fit setting(s) {unknown}; FitConfig fields are {sorted(names)}")
         if config is None:
             missing = [n for n in ("epochs", "batch_size") if n not in settings]
             if missing:
-                raise TypeError(f"fit needs {' and '.join(missing)} (as keywords or in a FitConfig)")
+                raise InputTypeError(f"fit needs {' and '.join(missing)} (as keywords or in a FitConfig)")
             return cls(**settings)
         if not isinstance(config, cls):
-            raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+            raise InputTypeError(f"config must be a FitConfig, got {type(config).__name__}")
         values = {f.name: getattr(config, f.name) for f in fields(cls)} | dict(settings)
         return cls(**values)

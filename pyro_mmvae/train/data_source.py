@@ -8,6 +8,8 @@ import torch
 
 from ..data.batch import MultimodalBatch
 from ..data.dataset import MultimodalDataset, iterate_batches
+from ..data.validation import validate_batch
+from ..errors import InputError, InputTypeError
 
 
 class DataSource:
@@ -29,20 +31,32 @@ class DataSource:
             self.kind = "batches" if len(data) and isinstance(data[0], MultimodalBatch) else "dataset"
         elif hasattr(data, "__iter__"):
             if iter(data) is data:
-                raise TypeError(
+                raise InputTypeError(
                     f"{what} is a one-shot iterator; it cannot be re-iterated every epoch. Pass a dataset "
                     "(with __len__ and __getitem__/__getitems__), a list of MultimodalBatch, or a DataLoader"
                 )
             self.kind = "batches"
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"{what} must be a dataset (__len__ and __getitem__/__getitems__) or an iterable of MultimodalBatch, "
                 f"got {type(data).__name__}"
             )
         self.data = data
         self.size = len(data) if hasattr(data, "__len__") else None
         if self.size == 0:
-            raise ValueError(f"{what} is empty")
+            raise InputError(f"{what} is empty (0 rows)")
+
+    def check(self, modalities) -> None:
+        """Validate the data against ``modalities`` up front where that is cheap (raises naming ``what``).
+
+        A :class:`~pyro_mmvae.data.MultimodalDataset` is checked whole (errors name dataset rows), a list
+        of batches batch by batch; other iterables are checked batch by batch during training.
+        """
+        if isinstance(self.data, MultimodalDataset):
+            validate_batch(self.data.full, modalities, what=self.what, remember=False)
+        elif self.kind == "batches" and isinstance(self.data, (list, tuple)):
+            for i, batch in enumerate(self.data):
+                validate_batch(batch, modalities, what=f"{self.what}[{i}]", remember=False)
 
     def batches(self, batch_size: int, shuffle: bool, seed: int, epoch: int) -> Iterable[MultimodalBatch]:
         """The batches of epoch ``epoch`` (0-based)."""

@@ -35,8 +35,10 @@ import pyro
 import torch
 
 from .. import __version__
+from ..data.validation import declared_modalities, prepare_batch
 from ..infer.elbo import BetaELBO
-from ..utils import resolve_device, set_seed, to_jsonable
+from ..models.function import FunctionModel, as_model
+from ..utils import kill_point, resolve_device, set_seed, to_jsonable
 from .callbacks import (
     Callback,
     Checkpoint,
@@ -76,8 +78,10 @@ def fit(
     """Train ``model`` and ``guide`` on ``train_data`` with ``objective`` and the settings of ``config``.
 
     Args:
-        model: the generative model (an ``nn.Module``/``PyroModule``), or ``None`` for an objective
-            that has none (e.g. :class:`~pyro_mmvae.infer.SharedInfoLoss` training projectors).
+        model: the generative model: an ``nn.Module``/``PyroModule``, a plain Pyro function that declares
+            its modalities (see :class:`~pyro_mmvae.models.FunctionModel`; the networks it registers with
+            ``pyro.module`` are trained and checkpointed), or ``None`` for an objective that has none
+            (e.g. :class:`~pyro_mmvae.infer.SharedInfoLoss` training projectors).
         guide: the module holding the encoders; model and guide are moved to the config's device
             and hold every trained parameter (not Pyro's global param store, which checkpoints miss).
         train_data: a dataset, a ``MultimodalBatch`` or a re-iterable of batches
@@ -117,7 +121,12 @@ def fit(
     if config.run_dir is None and any(isinstance(c, Checkpoint) for c in given):
         raise ValueError("a Checkpoint callback needs a run_dir")
     train_mode_modules = None if train_mode_modules is None else list(train_mode_modules)
-    model = torch.nn.Module() if model is None else model  # an empty model keeps checkpoints to the guide
+    model = torch.nn.Module() if model is None else as_model(model, guide)  # empty: checkpoints hold the guide
+    for source in (train, val):  # bad data fails here, naming modality and dataset rows, before any step
+        if source is not None:
+            source.check(declared_modalities(model, guide))
+    if isinstance(model, FunctionModel) and not model.bound:  # adopt the networks its program registers
+        model.bind(next(iter(train.batches(config.batch_size, shuffle=False, seed=config.seed, epoch=0))))
 
     dev = resolve_device(config.device)
     model.to(dev)
@@ -223,6 +232,7 @@ def _open_stage(state: TrainingState) -> dict | None:
     if saved is None:
         return None
     check_resumable(saved, state.record, files.checkpoint, state.model, state.guide, _SETTING_DEFAULTS)
+    files.repair_best(saved)  # best.pt follows the checkpoint after a kill between their writes
     done, saved_epochs = int(saved["epoch"]), int(saved["config"]["settings"]["epochs"])
     if saved_epochs != config.epochs and not saved["stopped_early"]:
         if lr_schedule_depends_on_epochs(config.lr_schedule):
@@ -328,7 +338,7 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
     first_step = state.step
     state.loss_sum, state.loss_count = 0.0, 0
     for batch in batches:
-        batch = batch.to(state.device)
+        batch = prepare_batch(batch, state.device, state.model, state.guide, what="train_data")
         optimizer.zero_grad(set_to_none=True)
         try:
             loss = objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
@@ -354,6 +364,7 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
         clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)
         optimizer.step()
         state.step += 1
+        kill_point("fit_step", state.stage)  # test hook: no-op unless PYRO_MMVAE_KILL_AT is set
         state.loss_sum += value * batch.batch_size
         state.loss_count += batch.batch_size
         for cb in step_hooks:
@@ -385,7 +396,7 @@ def _validate(state: TrainingState, val: DataSource, epoch: int, beta: float) ->
     config = state.config
     total, count = 0.0, 0
     for batch in val.batches(config.batch_size, shuffle=False, seed=config.seed, epoch=epoch):
-        batch = batch.to(state.device)
+        batch = prepare_batch(batch, state.device, state.model, state.guide, what="val_data")
         loss = state.objective.differentiable_loss(state.model, state.guide, batch, beta=beta, **config.loss_kwargs)
         total += float(loss) * batch.batch_size
         count += batch.batch_size

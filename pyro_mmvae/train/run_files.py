@@ -17,6 +17,13 @@ Layout (``run_dir`` given; stages of one run never overwrite each other — e.g.
 Every file is written atomically (temporary file in the same folder + ``os.replace``): an
 interrupted or failed write never replaces a good file. ``.pt`` files hold only tensors and plain
 Python values and load with ``torch.load(path, weights_only=True)``.
+
+After a kill (SIGKILL, power cut): opening the stage again (:meth:`StageFiles.open_for`, which every
+``fit`` with a ``run_dir`` calls) sweeps the temporary files the killed process left
+(:func:`~pyro_mmvae.tempfiles.sweep_temporary_files`). ``checkpoint.pt`` is the authority:
+``best.pt`` is written before it in each epoch and, when a stage is resumed, rewritten from the
+checkpoint's best weights if its epoch differs (:meth:`StageFiles.repair_best`), so after a resume
+the two always agree.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, check_signature, load_checkpoint
+from ..tempfiles import sweep_temporary_files
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointMismatchError,
+    check_signature,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CHECKPOINT_FILE, BEST_FILE, CONFIG_FILE, LOG_FILE, TENSORBOARD_DIR = (
     "checkpoint.pt",
@@ -65,8 +80,12 @@ class StageFiles:
     def open_for(self, resume: bool, overwrite: bool) -> dict | None:
         """The checkpoint to resume from (``None``: start fresh), after clearing the stage if ``overwrite``.
 
+        First sweeps the stage folder of temporary files left by a killed writer (only the library's
+        own naming, only files no live process holds; see :mod:`pyro_mmvae.tempfiles`).
+
         Raises ``FileExistsError`` when a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
         """
+        sweep_temporary_files(self.dir)
         if self.checkpoint.exists():
             if resume:
                 return load_checkpoint(self.checkpoint)
@@ -77,6 +96,42 @@ class StageFiles:
         if overwrite:
             self.clear()
         return None
+
+    def best_epoch_on_disk(self) -> int | None:
+        """The ``epoch`` recorded in ``best.pt`` (``None``: no file, or one that cannot be read)."""
+        if not self.best.is_file():
+            return None
+        try:
+            saved = torch.load(self.best, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # torch raises several types for unreadable files: treat as absent
+            return None
+        epoch = saved.get("epoch") if isinstance(saved, dict) else None
+        return int(epoch) if isinstance(epoch, int) else None
+
+    def repair_best(self, saved: dict) -> bool:
+        """Make ``best.pt`` agree with checkpoint ``saved`` (the authority); True when it was rewritten.
+
+        The checkpoint holds the best epoch so far (``saved["early_stopping"]["best_epoch"]``,
+        ``best_val``) and its weights (``saved["best"]``). A ``best.pt`` with another epoch (a kill
+        between the two writes of an epoch, or a checkpoint interval > 1) is rewritten from them,
+        exactly as the ``Checkpoint`` callback would have written it; without a best epoch (no
+        validation data) a ``best.pt`` is deleted.
+        """
+        counters, weights = saved.get("early_stopping") or {}, saved.get("best")
+        epoch = counters.get("best_epoch")
+        if epoch is None or weights is None:
+            if self.best.exists():
+                self.best.unlink()
+                return True
+            return False
+        if self.best_epoch_on_disk() == int(epoch):
+            return False
+        if "config" not in saved:
+            raise CheckpointError(f"{self.checkpoint} has best weights but no config; cannot rewrite {self.best}")
+        save_checkpoint(
+            {"epoch": int(epoch), "val_loss": counters["best_val"], "config": saved["config"], **weights}, self.best
+        )
+        return True
 
 
 def check_resumable(

@@ -59,6 +59,7 @@ from collections.abc import Callable
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
+from ...errors import InputError, check_float, check_int
 from ..properness import HasInitialPoints, SamplerTarget
 from .adaptation import (
     INITIAL_UTURN_TIME,
@@ -147,16 +148,17 @@ class BatchedHMC(MCMCKernel):
             raise ValueError("give exactly one of `target` (with log_prob) and `potential_fn`")
         if target is not None and not isinstance(target, SamplerTarget):
             raise TypeError(f"target must have a log_prob(z) method, got {type(target)}")
-        if not 0 < target_accept_prob < 1:
-            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
-        if not 1 <= num_steps <= max_num_steps:
-            raise ValueError(f"need 1 <= num_steps <= max_num_steps, got {num_steps} and {max_num_steps}")
-        if step_size <= 0 or trajectory_scale <= 0:
-            raise ValueError("step_size and trajectory_scale must be positive")
-        if not 0 < jitter <= 1:
-            raise ValueError(f"jitter must be in (0, 1], got {jitter}")
+        num_chains = check_int(num_chains, "num_chains", minimum=1)
+        if not 0 < check_float(target_accept_prob, "target_accept_prob") < 1:
+            raise InputError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
+        if not 1 <= check_int(num_steps, "num_steps") <= check_int(max_num_steps, "max_num_steps"):
+            raise InputError(f"need 1 <= num_steps <= max_num_steps, got {num_steps} and {max_num_steps}")
+        check_float(step_size, "step_size", positive=True)
+        check_float(trajectory_scale, "trajectory_scale", positive=True)
+        if not 0 < check_float(jitter, "jitter") <= 1:
+            raise InputError(f"jitter must be in (0, 1], got {jitter}")
         if escape_radius is not None and not escape_radius > 0:
-            raise ValueError(f"escape_radius must be positive or None, got {escape_radius}")
+            raise InputError(f"escape_radius must be positive or None, got {escape_radius}")
         self.target = target
         self._potential = potential_fn if potential_fn is not None else (lambda z: -target.log_prob(z))
         self.num_chains = int(num_chains)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
+from ...errors import InputError, check_int
 from ..properness import (
     HasApproximateVariance,
     ImproperPosteriorError,
@@ -139,7 +140,10 @@ def sample_subset_posterior(
         ImproperPosteriorError: ``improper="raise"`` and the target is improper for some data points.
     """
     if improper not in ("raise", "warn", "ignore"):
-        raise ValueError(f"improper must be 'raise', 'warn' or 'ignore', got {improper!r}")
+        raise InputError(f"improper must be 'raise', 'warn' or 'ignore', got {improper!r}")
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    warmup_steps = check_int(warmup_steps, "warmup_steps", minimum=0)
+    num_chains = check_int(num_chains, "num_chains", minimum=1)
     if seed is not None:
         pyro.set_rng_seed(seed)
     if improper != "ignore":
