@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 
+from ...diagnostics import to_inference_data
 from ...errors import InputError, check_int
 from ..properness import (
     HasApproximateVariance,
@@ -64,10 +65,6 @@ class HMCRun:
 
     def to_inference_data(self, target_ids=None, var_name: str = "z"):
         """ArviZ ``InferenceData`` (see :func:`pyro_mmvae.diagnostics.to_inference_data`)."""
-        # imported here: pyro_mmvae.diagnostics sits above infer/ in the layers (and loads ArviZ's
-        # adapters), so the sampler must not import it when it is loaded
-        from pyro_mmvae.diagnostics import to_inference_data
-
         stats = {}
         if self.accept_prob is not None:
             stats = {"acceptance_rate": self.accept_prob, "diverging": self.diverging, "n_steps": self.num_steps}
