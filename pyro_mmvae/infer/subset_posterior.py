@@ -71,9 +71,12 @@ def _without_validation(d: Distribution) -> Distribution:
 
 
 def _as_distribution(prior) -> Distribution:
-    """A prior given as a distribution or as a module whose ``forward()`` returns one."""
+    """A prior given as a distribution, as a model (its ``prior_dist()``: read from the program's trace for a
+    :class:`~pyro_mmvae.models.FunctionModel`) or as a module whose ``forward()`` returns one."""
     if isinstance(prior, Distribution):
         return prior
+    if callable(getattr(prior, "prior_dist", None)):
+        return prior.prior_dist()
     if isinstance(prior, nn.Module):
         out = prior()
         if isinstance(out, Distribution):
@@ -179,7 +182,7 @@ class SubsetPosterior:
             batch: the :class:`~pyro_mmvae.data.MultimodalBatch` (N rows).
             subset: names (the same subset for every row), ``None`` (every modality present in some
                 row) or ``name -> BoolTensor(N,)`` per-row subsets; intersected with presence.
-            prior: the model's prior (a distribution or a prior module).
+            prior: the model's prior: a distribution, a prior module, or the model itself (its ``prior_dist()``).
         """
         batch = validate_for(batch, guide, allow_unknown=True)  # the experts then see the safe batch
         masks = batch.subset_mask(subset)

@@ -221,3 +221,16 @@ def test_toy_evaluation_accepts_a_bare_function(tmp_path):
     metrics = toy.evaluate_joint(model, guide, test, tmp_path, torch.device("cpu"), num_plot=50, batch_size=50)
     assert set(metrics["reconstruction"]) == {"square", "circle"} and -1e5 < metrics["test_elbo"] < 0
     assert (tmp_path / "reconstructions.png").exists()
+
+
+def test_a_subset_posterior_takes_its_prior_from_the_function_model():
+    from pyro_mmvae.infer import SubsetPosterior
+
+    program, _ = make_program()
+    batch = MultimodalBatch(dict(data().full[:6].data))
+    experts = UnimodalGaussianGuide(MODS, D)
+    model = as_model(program, experts, batch)
+    target = SubsetPosterior.from_guide(experts, batch, ["vec", "img"], model)
+    by_hand = SubsetPosterior.from_guide(experts, batch, ["vec", "img"], dist.Normal(torch.zeros(D), 1.0).to_event(1))
+    z = torch.randn(3, 6, D)
+    torch.testing.assert_close(target.log_prob(z), by_hand.log_prob(z))
