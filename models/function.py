@@ -145,6 +145,15 @@ class FunctionModel(nn.Module):
             if site["type"] != "param" or id(site["value"]) in owned:
                 continue
             value = site["value"]
+            given = site["args"][1] if len(site["args"]) > 1 else None
+            if isinstance(given, nn.Parameter) and given is not value:
+                # pyro.module(name, net) found another network's tensor under that name in Pyro's global param
+                # store: the program computes with `net`, but the store (and so the trace) holds the old one
+                raise ValueError(
+                    f"Pyro's param store already holds {name!r} from another network (Pyro keeps parameters by "
+                    "name across models), so this model's network would never train: call "
+                    "pyro.clear_param_store() before building the model, or register the network under a new name"
+                )
             if not isinstance(value, nn.Parameter):
                 raise TypeError(
                     f"pyro.param site {name!r} of the function model is not an nn.Parameter, so it cannot be "

@@ -234,3 +234,14 @@ def test_a_subset_posterior_takes_its_prior_from_the_function_model():
     by_hand = SubsetPosterior.from_guide(experts, batch, ["vec", "img"], dist.Normal(torch.zeros(D), 1.0).to_event(1))
     z = torch.randn(3, 6, D)
     torch.testing.assert_close(target.log_prob(z), by_hand.log_prob(z))
+
+
+def test_a_stale_param_store_entry_is_refused_not_silently_trained():
+    first, _ = make_program()
+    batch = data().full
+    FunctionModel(first, MODS).bind(batch)  # registers "decoders$$$..." in Pyro's global param store
+    second, _ = make_program()  # new networks under the same name: the store still holds the old tensors
+    with pytest.raises(ValueError, match="param store already holds 'decoders\\$\\$\\$"):
+        FunctionModel(second, MODS).bind(batch)
+    pyro.clear_param_store()
+    assert FunctionModel(second, MODS).bind(batch).bound
