@@ -39,6 +39,7 @@ from torch import nn
 
 from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
+from pyro_mmvae.data.validation import validate_batch
 from pyro_mmvae.distributions.experts import (
     MAX_MOPOE_MODALITIES,
     POE_MEANS,
@@ -159,17 +160,9 @@ class ModalityEncoders(nn.Module):
 
     def check_batch(self, batch: MultimodalBatch) -> None:
         """Raise if ``batch`` lacks one of the guide's modalities, has unknown ones or malformed tensors."""
-        missing = [n for n in self.names if n not in batch.data]
-        if missing:
-            raise KeyError(
-                f"batch lacks modalities {missing} of this guide; pass them as zeros with present=False to mark "
-                "them missing"
-            )
-        unknown = [n for n in batch.names if n not in self.modalities]
-        if unknown:
-            raise KeyError(f"unknown modality name(s) {unknown}; this guide has {self.names}")
-        for name, m in self.modalities.items():
-            m.validate(batch.data[name], batch.batch_size)
+        validate_batch(
+            batch, self.modalities, require_all=True
+        )  # the one validation path (a cache hit after posterior)
 
     def stacked_mask(self, batch: MultimodalBatch, subset: Subset = None) -> torch.Tensor:
         """Per-row subset ∩ presence as bool ``(B, M)`` in the guide's modality order."""

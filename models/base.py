@@ -24,6 +24,20 @@ from ..data.modality import Modality
 from ..sites import observed_site
 
 
+class NamedModalities:
+    """What every model of the library derives from its ``modalities`` (``name -> Modality``)."""
+
+    modalities: Mapping[str, Modality]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.modalities)
+
+    @property
+    def reconstruction_weights(self) -> dict[str, float]:
+        return {n: m.weight for n, m in self.modalities.items()}
+
+
 def check_batch_modalities(batch: MultimodalBatch, modalities: Mapping[str, Modality]) -> None:
     """Raise ``KeyError`` if ``batch`` holds a modality that is not one of the model's ``{name: modality}``."""
     unknown = [n for n in batch.names if n not in modalities]

@@ -44,6 +44,7 @@ from ..data.batch import MultimodalBatch
 from ..data.modality import Modality
 from ..nn.per_modality import index_modalities
 from ..sites import LATENT_SITE, observed_site
+from .base import NamedModalities
 
 
 class UnregisteredParameterError(RuntimeError):
@@ -72,7 +73,7 @@ class _ParamWatch(Messenger):
             )
 
 
-class FunctionModel(nn.Module):
+class FunctionModel(NamedModalities, nn.Module):
     """A Pyro function ``fn(batch, beta=1.0)`` with declared modalities, usable wherever a library model is.
 
     Args:
@@ -109,14 +110,6 @@ class FunctionModel(nn.Module):
 
     # ------------------------------------------------------------------ the contract
     @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
-
-    @property
-    def reconstruction_weights(self) -> dict[str, float]:
-        return {n: m.weight for n, m in self.modalities.items()}
-
-    @property
     def bound(self) -> bool:
         """True once :meth:`bind` has traced the program."""
         return self._template is not None
@@ -126,9 +119,6 @@ class FunctionModel(nn.Module):
         if self._latent_dim is None:
             self._latent_dim = int(self.prior_dist().event_shape[-1])
         return self._latent_dim
-
-    def _owned(self) -> set[int]:
-        return {id(p) for p in self.parameters()}
 
     def bind(self, batch: MultimodalBatch) -> FunctionModel:
         """Trace the program once on ``batch`` and adopt every ``nn.Parameter`` it registers; returns ``self``.
@@ -140,7 +130,7 @@ class FunctionModel(nn.Module):
             return self
         with torch.no_grad():
             trace = poutine.trace(self.fn).get_trace(batch, beta=1.0)
-        owned = self._owned()
+        owned = {id(p) for p in self.parameters()}
         for name, site in trace.nodes.items():
             if site["type"] != "param" or id(site["value"]) in owned:
                 continue
@@ -164,6 +154,7 @@ class FunctionModel(nn.Module):
             owned.add(id(value))
         if LATENT_SITE not in trace.nodes:
             raise ValueError(f"the function model has no latent site {LATENT_SITE!r}; see pyro_mmvae.sites")
+        self._owned_ids = owned  # fixed from here on: .to() and load_state_dict keep the Parameter objects
         self._template = batch[:1].to("cpu")
         return self
 
@@ -171,7 +162,7 @@ class FunctionModel(nn.Module):
         """Run the program; the first call binds the model (see :meth:`bind`)."""
         if not self.bound:
             self.bind(batch)
-        with _ParamWatch(self._owned()):
+        with _ParamWatch(self._owned_ids):
             return self.fn(batch, beta=beta, **kwargs)
 
     # ------------------------------------------------------------------ generation from the program

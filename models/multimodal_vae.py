@@ -36,10 +36,10 @@ from ..distributions.priors import make_prior
 from ..nn.networks import default_decoder
 from ..nn.per_modality import check_latent_dim, index_modalities, per_modality_modules
 from ..sites import DATA_PLATE, LATENT_SITE
-from .base import check_batch_modalities, observe_modalities
+from .base import NamedModalities, check_batch_modalities, observe_modalities
 
 
-class MultimodalVAE(PyroModule):
+class MultimodalVAE(NamedModalities, PyroModule):
     """Generative model with one shared latent ``z ∈ R^D`` and a decoder per modality.
 
     Args:
@@ -74,14 +74,6 @@ class MultimodalVAE(PyroModule):
             return default_decoder(m, self.latent_dim, self.likelihoods[m.name].param_shape, hidden, arch)
 
         self.decoders = per_modality_modules(self.modalities, decoder, decoders, "decoders", owner="model")
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.modalities)
-
-    @property
-    def reconstruction_weights(self) -> dict[str, float]:
-        return {n: m.weight for n, m in self.modalities.items()}
 
     # ------------------------------------------------------------------ distributions
     def prior_dist(self):

@@ -23,40 +23,43 @@ from dataclasses import fields
 from pathlib import Path
 
 from .errors import InputError
-from .experiments.jnf_pipeline import DATASETS, MODELS, PipelineInputError, ToyTrainConfig, sample_toy, train_toy
+from .experiments.jnf_pipeline import DATASETS, MODELS, ToyTrainConfig, sample_toy, train_toy
 
 
 def _train_parser(sub):
+    D = ToyTrainConfig  # the defaults live in one place: the pipeline's config
     p = sub.add_parser(
         "train",
         help="train a multimodal VAE and write a run folder with checkpoints, metrics and figures",
         description="Train a multimodal VAE, evaluate it on the test split and draw figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", choices=DATASETS, default="toy", help="built-in dataset (toy = circles/squares)")
+    p.add_argument("--dataset", choices=DATASETS, default=D.dataset, help="built-in dataset (toy = circles/squares)")
     p.add_argument(
         "--model",
         choices=MODELS,
-        default="joint",
+        default=D.model,
         help="joint = joint VAE with a JointGuide; jnf = then Gaussian and normalizing-flow unimodal experts "
         "q(z|x_j) (JNF stage 2); jnf-shared = also flow experts on projectors trained first (JNF-Shared)",
     )
-    p.add_argument("--projector", choices=("dcca", "contrastive"), default="dcca", help="jnf-shared objective")
-    p.add_argument("--expert-epochs", type=int, default=None, help="JNF stage-2 epochs (default: --epochs)")
-    p.add_argument("--projector-epochs", type=int, default=5, help="JNF-Shared projector epochs")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch size")
-    p.add_argument("--latent-dim", type=int, default=2, help="dimension D of the shared latent z")
-    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (β-ELBO); must be > 0")
-    p.add_argument("--anneal-epochs", type=int, default=0, help="anneal β linearly from β/100 over this many epochs")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--train-size", type=int, default=20_000, help="training pairs (the paper used 180k)")
-    p.add_argument("--val-size", type=int, default=2_000, help="validation pairs (early stopping)")
-    p.add_argument("--test-size", type=int, default=2_000, help="test pairs (metrics)")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: off)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<dataset>-<model>-seed<seed>)")
-    p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
+    p.add_argument("--projector", choices=("dcca", "contrastive"), default=D.projector, help="jnf-shared objective")
+    p.add_argument("--expert-epochs", type=int, default=D.expert_epochs, help="JNF stage-2 epochs (default: --epochs)")
+    p.add_argument("--projector-epochs", type=int, default=D.projector_epochs, help="JNF-Shared projector epochs")
+    p.add_argument("--epochs", type=int, default=D.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=D.batch_size, help="minibatch size")
+    p.add_argument("--latent-dim", type=int, default=D.latent_dim, help="dimension D of the shared latent z")
+    p.add_argument("--beta", type=float, default=D.beta, help="weight of the KL term (β-ELBO); must be > 0")
+    p.add_argument(
+        "--anneal-epochs", type=int, default=D.anneal_epochs, help="anneal β linearly from β/100 over this many epochs"
+    )
+    p.add_argument("--lr", type=float, default=D.lr, help="Adam learning rate")
+    p.add_argument("--train-size", type=int, default=D.train_size, help="training pairs (the paper used 180k)")
+    p.add_argument("--val-size", type=int, default=D.val_size, help="validation pairs (early stopping)")
+    p.add_argument("--test-size", type=int, default=D.test_size, help="test pairs (metrics)")
+    p.add_argument("--patience", type=int, default=D.patience, help="early-stopping patience in epochs (default: off)")
+    p.add_argument("--out", type=Path, default=D.out, help="run folder (default: runs/<dataset>-<model>-seed<seed>)")
+    p.add_argument("--device", default=D.device, help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed for data, initialisation and training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_train)
@@ -107,7 +110,7 @@ def cmd_sample(args) -> int:
             device=args.device,
             seed=args.seed,
         )
-    except (PipelineInputError, InputError) as err:
+    except InputError as err:  # PipelineInputError included
         raise SystemExit(f"error: {err}") from None
     print(f"method: {result.samples.method}; wrote {result.tensors_file} and .png")
     return 0
@@ -128,7 +131,7 @@ def cmd_train(args) -> int:
     options = {f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)}
     try:
         out, metrics = train_toy(ToyTrainConfig(**options), command=args.command)
-    except (PipelineInputError, InputError) as err:
+    except InputError as err:  # PipelineInputError included
         raise SystemExit(f"error: {err}") from None
     print(json.dumps({k: metrics[k] for k in ("test_elbo", "joint_coherence")}, indent=None))
     print(f"run folder: {out}")

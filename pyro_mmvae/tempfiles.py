@@ -3,8 +3,8 @@ how a run folder is swept of the ones a killed process left behind.
 
 Naming: the temporary file of target ``<folder>/<name>`` is ``<folder>/.<name>.pyro-mmvae-<h>.tmp``
 with ``<h>`` 12 random lowercase hex digits (:data:`TEMP_PATTERN`). Files written before this naming
-(``.<name>.<h>.tmp``) are recognised only for the library's own run-folder file names
-(:data:`LEGACY_TARGETS`). Nothing else is ever deleted: not a user's ``notes.tmp``, not
+(``.<name>.<8 characters>.tmp``, from ``tempfile.mkstemp``) are recognised only for the library's own
+run-folder file names (:data:`LEGACY_TARGETS`). Nothing else is ever deleted: not a user's ``notes.tmp``, not
 ``.checkpoint.pt.backup.tmp``, not a folder or a link with a matching name.
 
 Concurrency: a writer holds an exclusive ``flock`` on its temporary file from the moment it creates
@@ -35,7 +35,8 @@ except ImportError:  # Windows
 TEMP_TAG = "pyro-mmvae"
 TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\." + re.escape(TEMP_TAG) + r"-[0-9a-f]{12}\.tmp$")
 LEGACY_TARGETS = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "metrics.json")
-LEGACY_PATTERN = re.compile(r"^\.(?P<target>" + "|".join(map(re.escape, LEGACY_TARGETS)) + r")\.[0-9a-f]{12}\.tmp$")
+# tempfile.mkstemp(prefix=".<name>.", suffix=".tmp"), as earlier versions wrote: 8 characters of [a-z0-9_]
+LEGACY_PATTERN = re.compile(r"^\.(?:" + "|".join(map(re.escape, LEGACY_TARGETS)) + r")\.[a-z0-9_]{8}\.tmp$")
 
 
 def temporary_name(target: str) -> str:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,15 @@ def test_temporary_names_are_recognised_and_nothing_else(tmp_path):
     fd, tmp = create_temporary(tmp_path / "checkpoint.pt")
     os.close(fd)
     assert is_temporary_name(Path(tmp).name) and Path(tmp).name.startswith(".checkpoint.pt.pyro-mmvae-")
-    assert is_temporary_name(".checkpoint.pt.0123456789ab.tmp")  # the naming before the pyro-mmvae tag
+    assert is_temporary_name(".checkpoint.pt.uiy6zq42.tmp")  # the naming before the pyro-mmvae tag (mkstemp's)
+    fd, old = tempfile.mkstemp(prefix=".best.pt.", suffix=".tmp", dir=tmp_path)  # exactly as earlier versions
+    os.close(fd)
+    assert is_temporary_name(Path(old).name)
     for user_file in (
         "notes.tmp",
         ".checkpoint.pt.backup.tmp",
         ".checkpoint.pt.0123456789AB.tmp",
-        ".mydata.npz.0123456789ab.tmp",  # old naming, but not a file name of the library's
+        ".mydata.npz.uiy6zq42.tmp",  # old naming, but not a file name of the library's
         ".x.pyro-mmvae-0123456789a.tmp",  # 11 hex digits
         "checkpoint.pt.pyro-mmvae-0123456789ab.tmp",  # no leading dot
         ".x.pyro-mmvae-0123456789ab.tmp.keep",
@@ -52,7 +56,7 @@ def test_temporary_names_are_recognised_and_nothing_else(tmp_path):
 def test_sweep_removes_only_abandoned_library_temporaries(tmp_path):
     stage = tmp_path / "joint"
     stage.mkdir()
-    stale = [stage / ".checkpoint.pt.pyro-mmvae-0123456789ab.tmp", tmp_path / ".metrics.json.abcdef012345.tmp"]
+    stale = [stage / ".checkpoint.pt.pyro-mmvae-0123456789ab.tmp", tmp_path / ".metrics.json.abc_ef01.tmp"]
     keep = [stage / "notes.tmp", stage / ".best.pt.backup.tmp", tmp_path / ".data.npz.abcdef012345.tmp"]
     for p in stale + keep:
         p.write_bytes(b"partial")

@@ -16,6 +16,7 @@ import torch
 
 from .batch import MultimodalBatch, collate
 from .modality import Modality
+from .validation import validate_batch
 
 
 class MultimodalDataset(torch.utils.data.Dataset):
@@ -43,8 +44,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 data[name] = torch.where(keep, data[name], torch.zeros_like(data[name]))
         self.full = MultimodalBatch(data, present, dict(labels or {}))
         self.modalities = list(modalities) if modalities is not None else None
-        if self.modalities is not None:
-            self.full.validate(self.modalities)
+        if self.modalities is not None:  # a one-off check: no mark keeps a second, zero-filled copy alive
+            validate_batch(self.full, self.modalities, require_all=True, remember=False)
 
     def __len__(self) -> int:
         return self.full.batch_size

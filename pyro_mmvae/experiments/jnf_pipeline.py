@@ -32,6 +32,7 @@ import torch
 
 from .. import plots
 from ..data import iterate_batches
+from ..errors import InputError
 from ..infer.conditional import ConditionalSamples, conditional_generate
 from ..infer.jnf import JNFLoss
 from ..train import LinearAnnealing, fit, load_stage, train_projectors
@@ -51,7 +52,7 @@ DATASETS = ("toy",)
 MODELS = ("joint", "jnf", "jnf-shared")
 
 
-class PipelineInputError(ValueError):
+class PipelineInputError(InputError):
     """A setting or run folder the pipeline refuses (the command line reports it as ``error: ...``)."""
 
 
@@ -297,6 +298,8 @@ def sample_toy(
             seed=seed,
             improper=improper,
         )
+    except InputError:
+        raise  # already the library's input error: keep its type
     except (KeyError, ValueError) as err:
         raise PipelineInputError(str(err)) from err
     out = Path(out) if out is not None else run / "samples"

@@ -32,6 +32,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ..data.validation import validate_for
+from ..sites import LATENT_SITE
 from . import properness
 from .properness import ImproperPosteriorError
 
@@ -289,7 +290,7 @@ class SubsetPosterior:
         """Per-target potential energy −log p(z | x_S): ``(*lead, N, D)`` → ``(*lead, N)``."""
         return -self.log_prob(z)
 
-    def potential_fn(self, params: Mapping[str, torch.Tensor], name: str = "z") -> torch.Tensor:
+    def potential_fn(self, params: Mapping[str, torch.Tensor], name: str = LATENT_SITE) -> torch.Tensor:
         """Pyro ``potential_fn`` adapter: ``{name: z (*lead, N, D)}`` → scalar −Σ log p(z | x_S).
 
         Use it with ``pyro.infer.HMC``/``NUTS(potential_fn=target.potential_fn)``: all N targets then
@@ -345,30 +346,15 @@ class SubsetPosterior:
         return dist.Normal(eta / prec, prec.rsqrt()).to_event(1)
 
     # ------------------------------------------------------------------ properness
-    def rising_tails(
-        self,
-        max_radius: float = 100.0,
-        barrier: float = 20.0,
-        num_directions: int = 64,
-        num_radii: int = 24,
-        num_bulk: int = 4,
-        seed: int = 0,
-    ) -> torch.Tensor:
+    def rising_tails(self, **probe_options) -> torch.Tensor:
         """Bool ``(N,)``: data points whose target still rises far out, with no barrier on the way there.
 
-        The tail probe :func:`pyro_mmvae.infer.properness.rising_tails` run on this target (Gaussian
-        experts are settled exactly by :meth:`closed_form` instead); deterministic given ``seed``, it
-        does not touch the global random state.
+        The tail probe :func:`pyro_mmvae.infer.properness.rising_tails` run on this target, with its
+        options (``max_radius``, ``barrier``, ``num_directions``, ``num_radii``, ``num_bulk``, ``seed``);
+        Gaussian experts are settled exactly by :meth:`closed_form` instead. Deterministic given
+        ``seed``, it does not touch the global random state.
         """
-        return properness.rising_tails(
-            self,
-            max_radius=max_radius,
-            barrier=barrier,
-            num_directions=num_directions,
-            num_radii=num_radii,
-            num_bulk=num_bulk,
-            seed=seed,
-        )
+        return properness.rising_tails(self, **probe_options)
 
     # ------------------------------------------------------------------ initialisation
     def _expert_points(self, num_draws: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 A projector maps one modality to a small vector, ``(*lead, *shape) → (*lead, k)`` (k = 10 in the
 MNIST-SVHN experiments of "Bridging the inference gap in Multimodal Variational Autoencoders").
-Projectors are trained FIRST, with :func:`pyro_mmvae.infer.shared_info.train_projectors` (DCCA or
+Projectors are trained FIRST, with :func:`pyro_mmvae.train.train_projectors` (DCCA or
 contrastive objective), then frozen; the JNF-Shared unimodal posteriors q_j(z | g_j(x_j)) read them
 through :class:`FrozenProjector` (see ``FlowExpertGuide(project=...)``).
 """

@@ -31,8 +31,6 @@ from .schedules import Schedule, as_beta_schedule, as_lr_schedule
 
 # Settings that may differ between a run and its resumption without changing the result.
 RUNTIME_FIELDS = ("checkpoint_every", "device", "progress", "tensorboard")
-# Where the stage lives and how it starts: not part of what is compared on resume either.
-LOCATION_FIELDS = ("run_dir", "stage", "resume", "overwrite")
 
 
 def _positive_int(name: str, value) -> int:

@@ -135,7 +135,7 @@ class TrainingState:
     def running_loss(self) -> float:
         return self.loss_sum / max(self.loss_count, 1)
 
-    def result(self, finished: bool = True) -> FitResult:
+    def result(self) -> FitResult:
         files = self.files
         return FitResult(
             stage=self.stage,
@@ -145,7 +145,7 @@ class TrainingState:
             best_val_loss=self.best.best_val,
             best_epoch=self.best.best_epoch,
             stopped_early=self.stop_requested,
-            finished=finished,
+            finished=True,
             resumed_from=self.resumed_from,
             stage_dir=files.dir if files else None,
             checkpoint_path=files.checkpoint if files else None,

@@ -197,7 +197,7 @@ def _same_configuration(saved: dict | None, key: dict) -> bool:
     """Whether a stored result belongs to this configuration (the table's seed LIST does not matter)."""
 
     def strip(k):
-        k = json.loads(json.dumps(to_jsonable(k)))
+        k = to_jsonable(k)  # plain JSON already: comparable with what a result file holds
         k.get("settings", {}).pop("seeds", None)
         return k
 

@@ -60,6 +60,7 @@ import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ...errors import InputError, check_float, check_int
+from ...sites import LATENT_SITE
 from ..properness import HasInitialPoints, SamplerTarget
 from .adaptation import (
     INITIAL_UTURN_TIME,
@@ -121,7 +122,7 @@ class BatchedHMC(MCMCKernel):
         *,
         potential_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         num_chains: int = 4,
-        param_name: str = "z",
+        param_name: str = LATENT_SITE,
         step_size: float = 0.5,
         inverse_mass_matrix: torch.Tensor | None = None,
         target_accept_prob: float = 0.8,
@@ -486,8 +487,7 @@ class BatchedHMC(MCMCKernel):
             self._da.reset(self._log_eps)
 
     def _finish_warmup(self) -> None:
-        averaged = self.adapt_step_size and self._da.has_updates
-        self._eps = self._da.log_eps_bar.exp() if averaged else self._log_eps.exp()
+        self._eps = self._explore_eps()
         self._refresh_loop(self._eps, final=True)
         self._warm_done = True
 

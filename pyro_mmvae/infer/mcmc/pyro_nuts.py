@@ -13,6 +13,7 @@ from functools import partial
 import pyro
 import torch
 
+from ...sites import LATENT_SITE
 from ..properness import SamplerTarget
 from .run import HMCRun, PhaseClock
 
@@ -77,7 +78,7 @@ def run_pyro_nuts(
     if initial_params is None:
         initial_params = target.initial_points(num_chains)
     draws, steps, divs = [], [], []
-    potential = partial(_joint_potential, target=target, name="z")
+    potential = partial(_joint_potential, target=target, name=LATENT_SITE)
     clock = PhaseClock(warmup_steps)
     start = time.perf_counter()
     for c in range(num_chains):
@@ -86,14 +87,14 @@ def run_pyro_nuts(
             kernel,
             num_samples=num_samples,
             warmup_steps=warmup_steps,
-            initial_params={"z": initial_params[c]},
+            initial_params={LATENT_SITE: initial_params[c]},
             disable_progbar=not progress,
             hook_fn=clock,
         )
         clock.start()
         mcmc.run()
         clock.stop()
-        draws.append(mcmc.get_samples()["z"].cpu())
+        draws.append(mcmc.get_samples()[LATENT_SITE].cpu())
         steps.append(float(kernel.step_size))
         divs.append(list(mcmc.diagnostics()["divergences"]["chain 0"]))
     wall = time.perf_counter() - start

@@ -17,6 +17,7 @@ import torch
 
 from ...diagnostics import to_inference_data
 from ...errors import InputError, check_int
+from ...sites import LATENT_SITE
 from ..properness import (
     HasApproximateVariance,
     ImproperPosteriorError,
@@ -63,7 +64,7 @@ class HMCRun:
         """Divergent transitions per chain and target ``(C, N)``."""
         return None if self.diverging is None else self.diverging.sum(1)
 
-    def to_inference_data(self, target_ids=None, var_name: str = "z"):
+    def to_inference_data(self, target_ids=None, var_name: str = LATENT_SITE):
         """ArviZ ``InferenceData`` (see :func:`pyro_mmvae.diagnostics.to_inference_data`)."""
         stats = {}
         if self.accept_prob is not None:
