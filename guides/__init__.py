@@ -18,6 +18,8 @@ from .equivariant import (
 )
 from .flow import FlowExpertGuide
 from .joint import JointGuide
+from .laplace_moe import LaplaceMoEGuide
+from .mmvaeplus import MMVAEPlusGuide
 from .unimodal import UnimodalGaussianGuide
 
 __all__ = [
@@ -36,4 +38,6 @@ __all__ = [
     "EquivariantPoEGuide",
     "EquivariantSumPoolingGuide",
     "EquivariantSelfAttentionGuide",
+    "LaplaceMoEGuide",
+    "MMVAEPlusGuide",
 ]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.common import SHARED_DATA
+
 TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("*.ipynb"))
 
 
@@ -27,7 +29,7 @@ def test_there_are_tutorials():
 def test_tutorial_runs(path, tmp_path):
     script = tmp_path / f"{path.stem}.py"
     script.write_text(notebook_source(path))
-    env = dict(os.environ, PYRO_MMVAE_TUTORIAL_SMALL="1", MPLBACKEND="Agg")
+    env = dict(os.environ, PYRO_MMVAE_TUTORIAL_SMALL="1", MPLBACKEND="Agg", PYRO_MMVAE_DATA=str(SHARED_DATA))
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )

@@ -27,6 +27,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 
 from .detach import register_detacher
+from .positive import exp_linear
 
 VAR_FLOOR = 1e-3
 """Variance floor of product-of-experts experts: ``v = VAR_FLOOR + exp(2 ℓ)``."""
@@ -50,9 +51,16 @@ def _check_experts(locs: torch.Tensor, spread: torch.Tensor, mask: torch.Tensor,
         raise ValueError(f"expert mask {tuple(mask.shape)} must have shape (*batch, M) = {tuple(locs.shape[:-1])}")
 
 
+# exp(2ℓ) up to this log-variance (σ ≈ 148), linear above: an expert whose encoder drifts towards
+# "uninformative" (σ → ∞, its precision → 0 in the product) would otherwise overflow float32 (exp(2ℓ) = inf
+# from ℓ ≈ 44) and turn the product's gradients into NaN; below the knee the values are exp's.
+POE_LOG_VARIANCE_KNEE = 10.0
+
+
 def poe_variance(log_scale: torch.Tensor, var_floor: float = VAR_FLOOR) -> torch.Tensor:
-    """Expert variances ``v = var_floor + exp(2 ℓ)`` from log-scale outputs ℓ (any shape)."""
-    return var_floor + torch.exp(2 * log_scale)
+    """Expert variances ``v = var_floor + exp(2 ℓ)`` from log-scale outputs ℓ (any shape); ``exp`` continues
+    linearly above 2ℓ = 10 (:func:`~pyro_mmvae.distributions.positive.exp_linear`)."""
+    return var_floor + exp_linear(2 * log_scale, POE_LOG_VARIANCE_KNEE)
 
 
 def gaussian_product(

@@ -1,12 +1,28 @@
 """Inference: objectives (ELBOs and the other trainer losses), trace utilities, subset posteriors and
-the batched HMC kernel that samples them, conditional generation. The trainer is :mod:`pyro_mmvae.train`."""
+the batched HMC kernel that samples them, conditional generation; the baselines' objectives (JMVAE, MVAE,
+MMVAE, MoPoE, MVTCAE, MMVAE+, MMJSD) and DReG. The trainer is :mod:`pyro_mmvae.train`."""
 
-from .conditional import ConditionalSamples, conditional_generate
+from .conditional import (
+    ConditionalSamples,
+    GuideLatents,
+    JNFLatents,
+    LatentSampler,
+    conditional_decoder,
+    conditional_generate,
+)
+from .dreg import dreg_log_mean_exp
 from .elbo import BetaELBO
+from .jmvae import JMVAEELBO, JMVAEGuide
 from .jnf import JNFLoss
 from .masked import TCELBO, MaskedELBO, MixtureELBO
 from .masks import MaskSampler, make_mask_sampler
 from .mcmc import BatchedHMC, HMCRun, run_pyro_nuts, sample_subset_posterior
+from .mmjsd import MMJSDELBO
+from .mmvae import MMVAEELBO, StratifiedMixtureELBO
+from .mmvaeplus import MMVAEPlusELBO
+from .mopoe import MoPoEELBO
+from .mvae import MVAEELBO
+from .mvtcae import MVTCAEELBO, MVTCAEGuide
 from .properness import ImproperPosteriorError, ImproperPosteriorWarning, improper_points
 from .shared_info import (
     SharedInfoLoss,
@@ -18,6 +34,17 @@ from .shared_info import (
 from .subset_posterior import SubsetPosterior
 
 __all__ = [
+    "dreg_log_mean_exp",
+    "JMVAEELBO",
+    "JMVAEGuide",
+    "MMJSDELBO",
+    "MMVAEELBO",
+    "StratifiedMixtureELBO",
+    "MMVAEPlusELBO",
+    "MoPoEELBO",
+    "MVAEELBO",
+    "MVTCAEELBO",
+    "MVTCAEGuide",
     "BetaELBO",
     "MaskedELBO",
     "JNFLoss",
@@ -39,5 +66,9 @@ __all__ = [
     "sample_subset_posterior",
     "run_pyro_nuts",
     "conditional_generate",
+    "conditional_decoder",
+    "LatentSampler",
+    "GuideLatents",
+    "JNFLatents",
     "ConditionalSamples",
 ]

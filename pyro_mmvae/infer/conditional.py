@@ -10,12 +10,21 @@ Autoencoders", Section 3.3):
 
 ``method="mcmc"`` forces the subset posterior for any |S| ≥ 1 (useful to compare with the joint
 encoder).
+
+One interface answers "z given the observed subset S" for every kind of model, so coherence, FID and
+the evaluation command never ask which kind they hold: a :class:`LatentSampler` is a callable
+``(batch, given, num_samples) -> z (num_samples, B, D)``. :class:`GuideLatents` uses a guide's own
+``posterior(batch, subset)`` (aggregation guides: PoE, MoE, MoPoE, SumPooling, SelfAttention, ...);
+:class:`JNFLatents` uses JNF's rule above. :func:`conditional_decoder` turns a model and a latent
+sampler into ``generate(batch, given, targets) -> {target: (B, *shape)}``, the form
+:func:`~pyro_mmvae.metrics.coherence.subset_coherence` takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -131,3 +140,61 @@ def conditional_generate(
     )
     targets = [n for n in names if n not in given] or names
     return ConditionalSamples(z, model.reconstruct(z, targets), method, stats)
+
+
+class LatentSampler(Protocol):
+    """Answers "z given the observed subset S": ``(batch, given, num_samples) -> z (num_samples, B, D)``."""
+
+    def __call__(self, batch: MultimodalBatch, given: list[str], num_samples: int = 1) -> torch.Tensor: ...
+
+
+class GuideLatents:
+    """z ~ ``guide.posterior(batch, given)``: for guides that encode any subset themselves (aggregation guides)."""
+
+    def __init__(self, guide):
+        self.guide = guide
+
+    @torch.no_grad()
+    def __call__(self, batch: MultimodalBatch, given: list[str], num_samples: int = 1) -> torch.Tensor:
+        num_samples = check_int(num_samples, "num_samples", minimum=1)
+        return self.guide.posterior(batch, list(given)).sample((num_samples,))
+
+
+class JNFLatents:
+    """JNF's rule (module docstring): expert for |S| = 1, joint encoder for S = M, subset posterior by HMC otherwise.
+
+    Args:
+        names: every modality of the model (S = ``names`` uses the joint encoder).
+        joint_guide, experts, prior: q(z | X), the unimodal experts and p(z) (``model.prior_dist()``).
+        options: keyword arguments of :func:`sample_latents` (``mcmc_warmup``, ``num_chains``, ``seed``,
+            ``improper``, ``method``, ``progress``).
+    """
+
+    def __init__(self, names, joint_guide, experts, prior, **options):
+        self.names, self.joint_guide, self.experts, self.prior = list(names), joint_guide, experts, prior
+        self.options = options
+        self.last_diagnostics: dict = {}
+
+    def __call__(self, batch: MultimodalBatch, given: list[str], num_samples: int = 1) -> torch.Tensor:
+        z, _, self.last_diagnostics = sample_latents(
+            batch,
+            given,
+            names=self.names,
+            joint_guide=self.joint_guide,
+            experts=self.experts,
+            prior=self.prior,
+            num_samples=num_samples,
+            **self.options,
+        )
+        return z
+
+
+def conditional_decoder(model, latents: LatentSampler):
+    """``generate(batch, given, targets) -> {target: decoded mean (B, *shape)}`` from one z per row given ``given``."""
+
+    @torch.no_grad()
+    def generate(batch: MultimodalBatch, given: list[str], targets: list[str]) -> dict[str, torch.Tensor]:
+        z = latents(batch, list(given), 1)[0]
+        return model.reconstruct(z, list(targets))
+
+    return generate

@@ -26,6 +26,7 @@ from pyro.infer import ELBO
 from ..data.batch import MultimodalBatch, Subset
 from ..data.validation import validate_for
 from ..distributions.detach import detach_distribution
+from .dreg import dreg_log_mean_exp
 from .traces import observation_weights, per_datapoint, run_pair, sample_sites
 
 
@@ -96,30 +97,48 @@ class BetaELBO(LossELBO):
         num_particles: L, particles per data point.
         stl: evaluate log q with stop-gradient parameters (sticking-the-landing estimator).
         iwae: combine particles with log-mean-exp (importance-weighted bound) instead of the mean.
+        dreg: with ``iwae``, doubly reparameterised gradients (:mod:`~pyro_mmvae.infer.dreg`; log q is
+            then evaluated with stop-gradient parameters).
         reconstruction_weights: optional ``{modality: w}`` overriding ``model.reconstruction_weights``.
     """
 
-    def __init__(self, num_particles: int = 1, stl: bool = False, iwae: bool = False, reconstruction_weights=None):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        stl: bool = False,
+        iwae: bool = False,
+        reconstruction_weights=None,
+        dreg: bool = False,
+    ):
         super().__init__(num_particles=num_particles, max_plate_nesting=2, vectorize_particles=True)
-        self.stl, self.iwae = stl, iwae
+        if dreg and not iwae:
+            raise ValueError("dreg=True is an estimator of the importance-weighted bound: pass iwae=True as well")
+        self.stl, self.iwae, self.dreg = stl, iwae, dreg
         self.reconstruction_weights = reconstruction_weights
 
     def per_datapoint_bound(
         self, model, guide, batch: MultimodalBatch, beta: float = 1.0, subset: Subset = None, weighted: bool = True
     ) -> torch.Tensor:
         """The per-particle, per-data-point bound L̂, shape ``(L, B)``."""
+        return self._bound_and_guide_trace(model, guide, batch, beta, subset, weighted)[0]
+
+    def _bound_and_guide_trace(self, model, guide, batch, beta, subset, weighted=True):
         beta = _check_beta(beta)
         g, m = run_pair(model, guide, batch, subset, beta, self.num_particles)
         b = batch.batch_size
         weights = observation_weights(model, self.reconstruction_weights) if weighted else None
         recon = per_datapoint(m, sample_sites(m, observed=True), b, weights)
         log_p = per_datapoint(m, sample_sites(m, observed=False), b)
-        log_q = per_datapoint(g, sample_sites(g), b, fn_override=detach_distribution if self.stl else None)
-        return recon + log_p - log_q
+        detach = self.stl or self.dreg
+        log_q = per_datapoint(g, sample_sites(g), b, fn_override=detach_distribution if detach else None)
+        return recon + log_p - log_q, g
 
     def differentiable_loss(self, model, guide, batch: MultimodalBatch, beta: float = 1.0, subset: Subset = None):
-        bound = self.per_datapoint_bound(model, guide, batch, beta, subset)
-        if self.iwae:
+        bound, g = self._bound_and_guide_trace(model, guide, batch, beta, subset)
+        if self.iwae and self.dreg:
+            draws = [g.nodes[name]["value"] for name in sample_sites(g, observed=False)]
+            per_point = dreg_log_mean_exp(bound, draws, beta)
+        elif self.iwae:
             per_point = torch.logsumexp(bound, 0) - torch.log(bound.new_tensor(float(bound.shape[0])))
         else:
             per_point = bound.mean(0)

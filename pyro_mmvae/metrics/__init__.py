@@ -1,6 +1,35 @@
-"""Evaluation metrics: coherence, likelihoods, MCC, rates and distortions, latent probes."""
+"""Evaluation metrics: classifiers and coherence over every subset, FID/MFD, likelihoods, MCC, rates and
+distortions, latent probes."""
 
-from .coherence import conditional_coherence, joint_coherence
+from .classifiers import (
+    ARCHITECTURES,
+    Classifier,
+    ClassifierNet,
+    build_network,
+    load_classifier,
+    load_mnist_svhn_text_classifiers,
+    load_polymnist_classifiers,
+    save_classifier,
+    train_classifier,
+)
+from .coherence import (
+    CoherenceReport,
+    conditional_coherence,
+    enumerate_subsets,
+    joint_coherence,
+    prior_joint_coherence,
+    subset_coherence,
+)
+from .fid import (
+    FeatureMoments,
+    InceptionFeatures,
+    InceptionWeightsError,
+    extract_statistics,
+    feature_statistics,
+    fid,
+    frechet_distance,
+    mfd,
+)
 from .likelihood import conditional_log_likelihood, dataset_log_likelihood, log_likelihood
 from .linear_gaussian import (
     LinearGaussian,
@@ -14,8 +43,29 @@ from .probe import LinearProbe, encode_dataset, latent_linear_probe, linear_prob
 from .rates import dataset_rates_and_distortions, rates_and_distortions
 
 __all__ = [
+    "Classifier",
+    "ClassifierNet",
+    "ARCHITECTURES",
+    "build_network",
+    "load_polymnist_classifiers",
+    "load_mnist_svhn_text_classifiers",
+    "train_classifier",
+    "save_classifier",
+    "load_classifier",
+    "subset_coherence",
+    "CoherenceReport",
+    "enumerate_subsets",
+    "prior_joint_coherence",
     "conditional_coherence",
     "joint_coherence",
+    "frechet_distance",
+    "feature_statistics",
+    "FeatureMoments",
+    "extract_statistics",
+    "fid",
+    "mfd",
+    "InceptionFeatures",
+    "InceptionWeightsError",
     "log_likelihood",
     "conditional_log_likelihood",
     "dataset_log_likelihood",

@@ -1,5 +1,8 @@
-"""Neural building blocks: MLPs, conv encoders/decoders, Gaussian heads."""
+"""Neural building blocks: MLPs, conv encoders/decoders, Gaussian heads, and the papers' per-dataset
+architectures (:mod:`pyro_mmvae.nn.architectures`).
+"""
 
+from . import architectures
 from .flows import FLOW_KINDS, ConditionalFlow
 from .networks import (
     MLP,
@@ -14,6 +17,7 @@ from .networks import (
 from .projectors import FrozenProjector, freeze, make_projector, make_projectors
 
 __all__ = [
+    "architectures",
     "ConditionalFlow",
     "FLOW_KINDS",
     "FrozenProjector",

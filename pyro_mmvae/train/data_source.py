@@ -53,7 +53,7 @@ class DataSource:
         of batches batch by batch; other iterables are checked batch by batch during training.
         """
         if isinstance(self.data, MultimodalDataset):
-            validate_batch(self.data.full, modalities, what=self.what, remember=False)
+            self.data.validate(modalities, what=self.what)  # decoded (uint8-stored) modalities checked decoded
         elif self.kind == "batches" and isinstance(self.data, (list, tuple)):
             for i, batch in enumerate(self.data):
                 validate_batch(batch, modalities, what=f"{self.what}[{i}]", remember=False)

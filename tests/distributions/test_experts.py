@@ -266,3 +266,14 @@ def test_mixture_of_products_caps_the_number_of_modalities():
     locs = torch.zeros(2, m, 1)
     with pytest.raises(ValueError, match=rf"M <= {MAX_MOPOE_MODALITIES}.*SumPooling"):
         mixture_of_products(locs, torch.ones_like(locs), torch.ones(2, m, dtype=torch.bool))
+
+
+def test_poe_variance_is_exp_below_the_knee_and_finite_far_above():
+    from pyro_mmvae.distributions.experts import POE_LOG_VARIANCE_KNEE, VAR_FLOOR, poe_variance
+
+    low = torch.linspace(-4.0, POE_LOG_VARIANCE_KNEE / 2 - 0.01, 50)
+    assert torch.equal(poe_variance(low), VAR_FLOOR + torch.exp(2 * low))
+    high = torch.tensor([30.0, 48.0, 200.0], requires_grad=True)  # exp(2ℓ) overflows float32 from ℓ ≈ 44
+    v = poe_variance(high)
+    v.sum().backward()
+    assert torch.isfinite(v).all() and torch.isfinite(high.grad).all() and (high.grad > 0).all()
