@@ -145,10 +145,11 @@ def evaluate_run(
         "coherence_metric": "plain accuracy of the generated modality's classifier against the true label",
         "joint_coherence": joint_coherence(classifiers, prior_gen),
     }
+    samples = _Samples(mods, batches, prior_gen, generate)
     if feature_extractor is not None:
-        result["fid"] = _fid(feature_extractor, mods, batches, prior_gen, generate)
+        result["fid"] = _fid(feature_extractor, mods, samples)
     if mfd_feature_nets is not None:
-        result["mfd"] = _mfd(mfd_feature_nets, mods, batches, prior_gen, generate)
+        result["mfd"] = _mfd(mfd_feature_nets, mods, samples)
     if llh_particles:
         from ..metrics.likelihood import dataset_log_likelihood
 
@@ -168,33 +169,46 @@ def evaluate_run(
     return result
 
 
-def _fid(extractor, mods, batches, prior_gen, generate) -> dict:
+class _Samples:
+    """Per modality: the present test rows, as many prior samples, and generations given every other modality.
+
+    Computed once per modality and shared by FID and MFD: for JNF, generating m from the other modalities is a
+    BatchedHMC run of the subset posterior, too costly to repeat.
+    """
+
+    def __init__(self, mods, batches, prior_gen, generate):
+        self.names = [m.name for m in mods]
+        self.batches, self.prior_gen, self.generate = batches, prior_gen, generate
+        self._cache: dict = {}
+
+    def __call__(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if name not in self._cache:
+            real = torch.cat([b.data[name][b.present[name]] for b in self.batches])
+            others = [n for n in self.names if n != name]
+            cond = torch.cat([self.generate(b, others, [name])[name] for b in self.batches])
+            self._cache[name] = (real, self.prior_gen[name][: len(real)], cond)
+        return self._cache[name]
+
+
+def _fid(extractor, mods, samples: _Samples) -> dict:
     """FID per image modality: prior samples vs test images, and generations given every other modality."""
     from ..metrics.fid import fid
 
     out: dict = {"prior": {}, "conditional": {}}
     for m in mods:
-        if not _is_image(m):
-            continue
-        real = torch.cat([b.data[m.name][b.present[m.name]] for b in batches])
-        out["prior"][m.name] = fid(real, prior_gen[m.name][: len(real)], extractor)
-        others = [n.name for n in mods if n.name != m.name]
-        cond = torch.cat([generate(b, others, [m.name])[m.name] for b in batches])
-        out["conditional"][m.name] = fid(real, cond, extractor)
+        if _is_image(m):
+            real, prior, cond = samples(m.name)
+            out["prior"][m.name] = fid(real, prior, extractor)
+            out["conditional"][m.name] = fid(real, cond, extractor)
     return out
 
 
-def _mfd(feature_nets, mods, batches, prior_gen, generate) -> dict:
+def _mfd(feature_nets, mods, samples: _Samples) -> dict:
     """MFD: prior samples vs the test rows, and each modality generated from all the others."""
     from ..metrics.fid import mfd
 
     names = [m.name for m in mods if m.name in feature_nets]
-    real = {n: torch.cat([b.data[n][b.present[n]] for b in batches]) for n in names}
-    prior = {n: prior_gen[n][: len(real[n])] for n in names}
-    cond = {}
-    for n in names:
-        others = [m.name for m in mods if m.name != n]
-        cond[n] = torch.cat([generate(b, others, [n])[n] for b in batches])
+    real, prior, cond = ({n: samples(n)[i] for n in names} for i in range(3))
     nets = {n: feature_nets[n] for n in names}
     return {"prior": mfd(real, prior, nets), "conditional": mfd(real, cond, nets)}
 

@@ -30,6 +30,7 @@ import torch
 from ..data.modality import Modality, reconstruction_weights
 from ..errors import InputError, RunFolderError
 from ..infer.jnf import JNFLoss
+from ..nn.architectures.polymnist import POLYMNIST_NETS
 from ..train import LinearAnnealing, fit, load_stage, train_projectors
 from ..utils import (
     atomic_write_json,
@@ -106,8 +107,8 @@ class RunConfig:
             raise InputError("--base-channels is a positive width of the PolyMNIST ResNets (polymnist datasets only)")
         if self.nets is not None and (self.dataset not in ("polymnist", "translated-polymnist")):
             raise InputError("--nets chooses the PolyMNIST networks (polymnist datasets only)")
-        if self.nets not in (None, "resnet", "mopoe"):
-            raise InputError(f"--nets must be 'resnet' or 'mopoe', got {self.nets!r}")
+        if self.nets is not None and self.nets not in POLYMNIST_NETS:
+            raise InputError(f"--nets must be one of {list(POLYMNIST_NETS)}, got {self.nets!r}")
         if self.nets == "mopoe" and self.base_channels is not None:
             raise InputError("--base-channels sets the ResNets' width; MoPoE's nets (--nets mopoe) have a fixed one")
         if not 0.0 <= self.missing_rate < 1.0:
