@@ -8,20 +8,35 @@ points) and the potential returns ``(*B,)``. Per target the kernel has
 
 - its own Metropolis accept/reject;
 - its own step size, adapted by dual averaging
-  (:class:`~pyro_mmvae.infer.mcmc.adaptation.DualAveraging`; target acceptance 0.8 by default) and
+  (:class:`~pyro_mmvae.infer.mcmc.adaptation.DualAveraging`; target acceptance 0.65 with ``"steps"``
+  trajectories, 0.8 with ``"uturn"``) and
   re-initialised by the doubling/halving heuristic after every metric update;
 - its own diagonal inverse mass matrix, estimated from the draws
   (:class:`~pyro_mmvae.infer.mcmc.adaptation.WelfordVariance`, shrunk towards 1e-3 as in Stan) in
   Stan-style windows (:func:`~pyro_mmvae.infer.mcmc.adaptation.adaptation_windows`: fast init buffer
-  75, slow windows 25, 50, 100, ... doubling, terminal buffer 50; short warmups keep a longer
+  25, slow windows 50, 100, 200, ... doubling, terminal buffer 35 — shorter than Stan's 75 / 25 / 50,
+  because the chains start in the bulk with a moment-matched metric; short warmups keep a longer
   terminal buffer);
-- its own trajectory length, learned from U-turns during warmup
-  (:class:`~pyro_mmvae.infer.mcmc.adaptation.TrajectoryLengthAdapter`): every few warmup iterations
-  each trajectory is followed until it makes a U-turn, T_u = mean + one standard deviation of those
-  U-turn times, and each iteration integrates for a time t ~ Uniform[(1 − j) c T_u, (1 + j) c T_u]
-  (``trajectory_scale`` c = 0.4, ``jitter`` j = 0.3), i.e. ``ceil(t / ε)`` leapfrog steps (why these
-  defaults: :mod:`pyro_mmvae.infer.mcmc.adaptation.trajectory`; measured ESS:
-  ``benchmarks/results/subset_posterior_cpu.md``);
+- its own integration time, set one of two ways (``trajectory=``):
+
+  - ``"steps"`` (default): every target takes the SAME number L of leapfrog steps per iteration, so
+    no target idles while another finishes a longer trajectory. L = round(T / median ε) with T =
+    ``trajectory_time`` = 2.0 in the adapted metric's units. After warmup each step size is capped at
+    T / L, and every iteration jitters it by U[1 − j, 1 + j] (``step_jitter`` j = 0.25), so integration
+    times spread over [0.75 T, 1.25 T] = [1.5, 2.5]. Why there: on a Gaussian in a matching metric the
+    dynamics rotate each coordinate by the angle t, so draws have lag-1 autocorrelation E[cos t]
+    ≈ −0.4 for the mean (anti-correlated: bulk ESS per draw above 1) and E[cos² t] ≈ 0.22 for the
+    squares (|z| and the tails still mix; at t = π they would not move at all). No warmup iteration
+    is spent measuring U-turns. Right for near-Gaussian targets in a good diagonal metric — the
+    subset posteriors of unimodal flow experts with a moment-matched starting metric (measured:
+    ``benchmarks/results/subset_posterior_cpu.md``);
+  - ``"uturn"``: per-target lengths learned from U-turns during warmup
+    (:class:`~pyro_mmvae.infer.mcmc.adaptation.TrajectoryLengthAdapter`): every few warmup iterations
+    each trajectory is followed until it makes a U-turn, T_u = mean + one standard deviation of those
+    U-turn times, and each iteration integrates for a time t ~ Uniform[(1 − j) c T_u, (1 + j) c T_u]
+    (``trajectory_scale`` c = 0.4, ``jitter`` j = 0.3), i.e. ``ceil(t / ε)`` leapfrog steps (why these
+    defaults: :mod:`pyro_mmvae.infer.mcmc.adaptation.trajectory`). For targets whose scales the
+    diagonal metric does not capture (strong correlations, very non-Gaussian shapes);
 - divergence detection: a trajectory whose energy error exceeds ``max_energy_error`` (1000) or
   becomes non-finite is stopped and its proposal rejected;
 - escape detection: a target whose chain moves farther than ``escape_radius`` initial standard
@@ -31,13 +46,14 @@ points) and the potential returns ``(*B,)``. Per target the kernel has
   infinity with a collapsing step size. Frozen targets no longer take part in the loop length or the
   adaptation, so they cannot make every other target run ``max_num_steps`` leapfrog steps.
 
-All targets advance in lockstep: after warmup one iteration runs ``max_b ceil((1 + j) c T_u,b / ε_b)``
-leapfrog steps for all of them and freezes each target (``torch.where``) once its own number of
-steps is done, so the cost of an iteration is set by the longest trajectory. During warmup every
-``uturn_every``-th iteration follows every target to its U-turn (1.5 T_u at the averaged step size
-ε̄, which is also used for that iteration's proposal); the other warmup iterations cap the loop at
-the ``warmup_loop_quantile`` of the targets' needs, because right after each dual-averaging restart
-a few targets at a time have a tiny step size. Nothing in an iteration reads a tensor on the host
+All targets advance in lockstep. With ``"uturn"`` one iteration after warmup runs
+``max_b ceil((1 + j) c T_u,b / ε_b)`` leapfrog steps for all of them and freezes each target
+(``torch.where``) once its own number of steps is done, so the cost of an iteration is set by the
+longest trajectory; during warmup every ``uturn_every``-th iteration follows every target to its
+U-turn (1.5 T_u at the averaged step size ε̄, which is also used for that iteration's proposal); the
+other warmup iterations cap the loop at the ``warmup_loop_quantile`` of the targets' needs, because
+right after each dual-averaging restart a few targets at a time have a tiny step size.
+Nothing in an iteration reads a tensor on the host
 (no ``.item()``, no Python ``bool`` of a tensor): the loop lengths are Python ints refreshed every
 ``refresh_interval`` warmup iterations and once at the end of warmup, and ``logging()`` (which
 ``pyro.infer.MCMC`` calls every iteration) returns figures refreshed every ``log_every`` iterations.
@@ -91,22 +107,31 @@ class BatchedHMC(MCMCKernel):
             ``(*B, D)`` (e.g. a rough posterior variance); default ones. It only sets where the first
             adaptation window starts from, but badly scaled targets sampled with the identity
             metric need many tiny leapfrog steps until the first window ends.
-        target_accept_prob: dual-averaging target of the mean acceptance probability.
+        target_accept_prob: dual-averaging target of the mean acceptance probability; default 0.65
+            for ``"steps"`` (the averaged step size it leaves realises ~0.8 on the benchmark targets: a
+            larger step and three steps instead of four) and 0.8 for ``"uturn"``.
         adapt_step_size, adapt_mass_matrix, adapt_trajectory: switch the three adaptations.
-        num_steps: the mean number of leapfrog steps when ``adapt_trajectory=False`` (with the same
-            jitter). With adaptation the first trajectories use T_u = 3.5, right for a unit-scale
-            target in the initial metric, until U-turns are measured.
+        trajectory: ``"steps"`` (the same number of leapfrog steps for every target, from the median
+            step size) or ``"uturn"`` (per-target integration times learned from U-turns); see above.
+        trajectory_time: ``"steps"``: the integration time T the shared number of steps L aims at for the
+            median target; after warmup step sizes are capped at T / L.
+        step_jitter: ``"steps"``: every iteration multiplies each target's step size by U[1 − j, 1 + j].
+        num_steps: ``adapt_trajectory=False``: the number of leapfrog steps (``"steps"``), or their mean
+            (``"uturn"``, with the same jitter as the times). With ``"uturn"`` adaptation the first
+            trajectories use T_u = 3.5, right for a unit-scale target in the initial metric, until
+            U-turns are measured.
         max_num_steps: cap on leapfrog steps per iteration.
         trajectory_scale: c, the mean integration time is c × T_u (T_u: mean + sd of the U-turn times).
         jitter: j in (0, 1]: integration times are uniform on [(1 − j) c T_u, (1 + j) c T_u].
         max_energy_error: energy error above which a trajectory is divergent.
-        init_buffer, term_buffer, base_window: Stan's mass-matrix adaptation windows.
+        init_buffer, term_buffer, base_window: the mass-matrix adaptation windows (Stan's schedule;
+            Stan's own values are 75, 50 and 25).
         refresh_interval: warmup iterations between (host-synchronising) updates of the loop length.
-        uturn_every: every how many warmup iterations a trajectory is followed to its U-turn (those
-            iterations cost ~1.5 T_u / ε leapfrog steps instead of ~0.4 T_u / ε on average).
-        warmup_loop_quantile: during warmup the loop length is this quantile (not the max) over
-            targets of their needed steps; the few targets above it get shorter warmup trajectories.
-            After warmup the loop always covers every target.
+        uturn_every: ``"uturn"``: every how many warmup iterations a trajectory is followed to its
+            U-turn (those iterations cost ~1.5 T_u / ε leapfrog steps instead of ~0.4 T_u / ε on average).
+        warmup_loop_quantile: ``"uturn"``: during warmup the loop length is this quantile (not the max)
+            over targets of their needed steps; the few targets above it get shorter warmup
+            trajectories. After warmup the loop always covers every target.
         pool_metric_dim: optionally a batch dimension of the state (0 for the chains of ``(C, N, D)``)
             over which each window's variance estimate is pooled, so that the chains of one data
             point share their metric; ``None`` (default): every target has its own.
@@ -125,18 +150,21 @@ class BatchedHMC(MCMCKernel):
         param_name: str = LATENT_SITE,
         step_size: float = 0.5,
         inverse_mass_matrix: torch.Tensor | None = None,
-        target_accept_prob: float = 0.8,
+        target_accept_prob: float | None = None,
         adapt_step_size: bool = True,
         adapt_mass_matrix: bool = True,
         adapt_trajectory: bool = True,
+        trajectory: str = "steps",
+        trajectory_time: float = 2.0,
+        step_jitter: float = 0.25,
         num_steps: int = 10,
         max_num_steps: int = 256,
         trajectory_scale: float = 0.4,
         jitter: float = 0.3,
         max_energy_error: float = 1000.0,
-        init_buffer: int = 75,
-        term_buffer: int = 50,
-        base_window: int = 25,
+        init_buffer: int = 25,
+        term_buffer: int = 35,
+        base_window: int = 50,
         refresh_interval: int = 10,
         uturn_every: int = 3,
         warmup_loop_quantile: float = 0.85,
@@ -150,6 +178,10 @@ class BatchedHMC(MCMCKernel):
         if target is not None and not isinstance(target, SamplerTarget):
             raise TypeError(f"target must have a log_prob(z) method, got {type(target)}")
         num_chains = check_int(num_chains, "num_chains", minimum=1)
+        if trajectory not in ("uturn", "steps"):
+            raise InputError(f"trajectory must be 'uturn' or 'steps', got {trajectory!r}")
+        if target_accept_prob is None:
+            target_accept_prob = 0.65 if trajectory == "steps" else 0.8
         if not 0 < check_float(target_accept_prob, "target_accept_prob") < 1:
             raise InputError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
         if not 1 <= check_int(num_steps, "num_steps") <= check_int(max_num_steps, "max_num_steps"):
@@ -169,6 +201,12 @@ class BatchedHMC(MCMCKernel):
         self.target_accept_prob = float(target_accept_prob)
         self.adapt_step_size, self.adapt_mass_matrix = adapt_step_size, adapt_mass_matrix
         self.adapt_trajectory = adapt_trajectory
+        self.trajectory = trajectory
+        self.trajectory_time = check_float(trajectory_time, "trajectory_time", positive=True)
+        if not 0 <= check_float(step_jitter, "step_jitter") < 1:
+            raise InputError(f"step_jitter must be in [0, 1), got {step_jitter}")
+        self.step_jitter = float(step_jitter)
+        self._eps_cap = float("inf")
         self.num_steps, self.max_num_steps = int(num_steps), int(max_num_steps)
         self.trajectory_scale, self.jitter = float(trajectory_scale), float(jitter)
         self.max_energy_error = float(max_energy_error)
@@ -211,6 +249,7 @@ class BatchedHMC(MCMCKernel):
         self._log = {}
         self._log_acc, self._log_n, self._num_divergent_draws = None, 0, None
         self.num_grad_evals = 0
+        self.num_warmup_grad_evals = 0
 
     def cleanup(self) -> None:
         """Nothing to release; sample statistics stay available until the next :meth:`setup`."""
@@ -257,7 +296,10 @@ class BatchedHMC(MCMCKernel):
 
     @property
     def trajectory_length(self) -> torch.Tensor:
-        """Per-target mean integration time ``(*B,)`` (``trajectory_scale`` × T_u)."""
+        """Per-target mean integration time ``(*B,)``: ``trajectory_scale`` × T_u (``"uturn"``), or the
+        shared number of steps × the (capped) step size (``"steps"``)."""
+        if self.trajectory == "steps":
+            return self._loop * self.step_size.clamp(max=self._eps_cap)
         return self._trajectory.mean_time
 
     @property
@@ -366,13 +408,27 @@ class BatchedHMC(MCMCKernel):
         return eps.clamp(1e-10, 1e4)
 
     def _fixed_loop(self) -> int:
+        if self.trajectory == "steps":
+            return min(self.max_num_steps, self.num_steps)
         return min(self.max_num_steps, math.ceil((1 + self.jitter) * self.num_steps))
 
     def _draw_num_steps(self, eps: torch.Tensor) -> torch.Tensor:
         """This iteration's number of leapfrog steps per target (float tensor ``(*B,)``, in ``[1, loop]``)."""
+        if self.trajectory == "steps":
+            return torch.full_like(eps, float(self._loop))
         mean = self.num_steps * eps if not self.adapt_trajectory else self._trajectory.mean_time
         t = mean * (1.0 + self.jitter * (2.0 * torch.rand_like(eps) - 1.0))
         return torch.ceil(t / eps).clamp(1.0, float(self._loop))
+
+    def _jittered(self, eps: torch.Tensor) -> torch.Tensor:
+        """``"steps"`` trajectories: this iteration's step sizes min(ε, T / L)·U[1 − j, 1 + j] (j =
+        ``step_jitter``; the cap at ``trajectory_time`` / steps after warmup only, while the step size adapts
+        to the uncapped ε before)."""
+        if self._warm_done:
+            eps = eps.clamp(max=self._eps_cap)
+        if self.step_jitter > 0:
+            eps = eps * (1.0 + self.step_jitter * (2.0 * torch.rand_like(eps) - 1.0))
+        return eps
 
     def _transition(self, eps: torch.Tensor, explore: bool):
         """One HMC iteration for every target.
@@ -387,6 +443,8 @@ class BatchedHMC(MCMCKernel):
         p0 = self._momentum()
         h0 = u0 + self._kinetic(p0)
         n = self._draw_num_steps(eps)
+        if self.trajectory == "steps":
+            eps = self._jittered(eps)
         e = eps.unsqueeze(-1)
         z, p, u, g, h = z0, p0, u0, g0, h0
         diverged = torch.zeros_like(u0, dtype=torch.bool)
@@ -450,6 +508,15 @@ class BatchedHMC(MCMCKernel):
         """
         if not self.adapt_trajectory:
             return
+        if self.trajectory == "steps":
+            live = (eps * 1.0).flatten()[~self._escaped.flatten()]
+            if live.numel() == 0:
+                self._loop = self._explore_loop = 1
+                return
+            n = int(torch.round(self.trajectory_time / live.median()).clamp(1, self.max_num_steps))
+            self._loop = self._explore_loop = n
+            self._eps_cap = self.trajectory_time / n
+            return
         self._trajectory.update(final)
         # during warmup a few targets at a time have a transiently tiny dual-averaging step size;
         # letting them set everyone's loop would triple the warmup cost. They are clamped instead
@@ -487,6 +554,7 @@ class BatchedHMC(MCMCKernel):
             self._da.reset(self._log_eps)
 
     def _finish_warmup(self) -> None:
+        self.num_warmup_grad_evals = self.num_grad_evals
         self._eps = self._explore_eps()
         self._refresh_loop(self._eps, final=True)
         self._warm_done = True
@@ -516,7 +584,7 @@ class BatchedHMC(MCMCKernel):
         elif z is not self._z:
             self._set_position(z)
         warm = not self._warm_done
-        explore = warm and self.adapt_trajectory and self._t % self.uturn_every == 0
+        explore = warm and self.adapt_trajectory and self.trajectory == "uturn" and self._t % self.uturn_every == 0
         if explore:
             eps = self._explore_eps()
         else:

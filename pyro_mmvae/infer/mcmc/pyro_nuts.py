@@ -8,7 +8,6 @@ and ``benchmarks/subset_posterior.py`` to compare :class:`~pyro_mmvae.infer.mcmc
 from __future__ import annotations
 
 import time
-from functools import partial
 
 import pyro
 import torch
@@ -20,8 +19,15 @@ from .run import HMCRun, PhaseClock
 __all__ = ["run_pyro_nuts"]
 
 
-def _joint_potential(params, target, name):
-    return -target.log_prob(params[name]).sum()
+class _CountedPotential:
+    """``−Σ_n log p(z_n | x_S)`` over all N targets, counting its calls (one gradient each)."""
+
+    def __init__(self, target, name):
+        self.target, self.name, self.calls = target, name, 0
+
+    def __call__(self, params):
+        self.calls += 1
+        return -self.target.log_prob(params[self.name]).sum()
 
 
 class _NUTSWithInitialMetric(pyro.infer.NUTS):
@@ -70,16 +76,17 @@ def run_pyro_nuts(
     from the same information.
 
     Returns:
-        :class:`~pyro_mmvae.infer.mcmc.HMCRun` with ``samples`` ``(C, S, N, D)``, ``step_size`` ``(C,)``
-        and the per-chain divergence lists in ``extra["divergences"]``.
+        :class:`~pyro_mmvae.infer.mcmc.HMCRun` with ``samples`` ``(C, S, N, D)``, ``step_size`` ``(C,)``,
+        ``num_grad_evals`` (gradients of the joint potential, all chains), the per-chain divergence lists in
+        ``extra["divergences"]`` and the warm-up's gradients in ``extra["warmup_grad_evals"]``.
     """
     if seed is not None:
         pyro.set_rng_seed(seed)
     if initial_params is None:
         initial_params = target.initial_points(num_chains)
     draws, steps, divs = [], [], []
-    potential = partial(_joint_potential, target=target, name=LATENT_SITE)
-    clock = PhaseClock(warmup_steps)
+    potential = _CountedPotential(target, LATENT_SITE)
+    clock = PhaseClock(warmup_steps, count=lambda: potential.calls)
     start = time.perf_counter()
     for c in range(num_chains):
         kernel = _NUTSWithInitialMetric(potential_fn=potential, initial_inverse_mass=inverse_mass_matrix, **nuts_kwargs)
@@ -103,5 +110,6 @@ def run_pyro_nuts(
         step_size=torch.tensor(steps),
         wall_time=wall,
         sampling_time=clock.sampling_time,
-        extra={"divergences": divs},
+        num_grad_evals=potential.calls,
+        extra={"divergences": divs, "warmup_grad_evals": clock.warmup_count},
     )

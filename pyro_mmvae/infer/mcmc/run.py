@@ -73,17 +73,25 @@ class HMCRun:
 
 
 class PhaseClock:
-    """An ``MCMC`` hook that adds up the time spent after warmup (from the last warmup iteration on)."""
+    """An ``MCMC`` hook that adds up the time spent after warmup (from the last warmup iteration on).
 
-    def __init__(self, warmup_steps: int):
+    With ``count`` (a callable returning a running count, e.g. of gradient evaluations) it also adds
+    up how much of that count each run's warmup used (``warmup_count``).
+    """
+
+    def __init__(self, warmup_steps: int, count=None):
         self.warmup_steps, self.sampling_time, self._start = warmup_steps, 0.0, None
+        self._count, self.warmup_count, self._base = count, 0, 0
 
     def start(self) -> None:
         self._start = time.perf_counter() if self.warmup_steps == 0 else None
+        self._base = self._count() if self._count is not None else 0
 
     def __call__(self, kernel, params, stage, i) -> None:
         if stage.startswith("Warmup") and i == self.warmup_steps - 1:
             self._start = time.perf_counter()
+            if self._count is not None:
+                self.warmup_count += self._count() - self._base
 
     def stop(self) -> None:
         if self._start is not None:
@@ -127,7 +135,9 @@ def sample_subset_posterior(
             are frozen once they escape, see ``HMCRun.escaped``), ``"ignore"`` no check.
         kernel_kwargs: passed to :class:`~pyro_mmvae.infer.mcmc.BatchedHMC`; ``inverse_mass_matrix``
             defaults to ``target.approximate_variance()`` when the target has it
-            (:class:`~pyro_mmvae.infer.properness.HasApproximateVariance`).
+            (:class:`~pyro_mmvae.infer.properness.HasApproximateVariance`), and ``pool_metric_dim`` to 0:
+            each warmup window's metric is estimated from all C chains of a data point (C times the
+            draws; after warmup the chains stay independent, with that metric fixed).
 
     Returns:
         :class:`HMCRun` with ``samples`` ``(C, S, N, D)`` and per-target statistics. Chains that
@@ -156,6 +166,7 @@ def sample_subset_posterior(
         initial_params = target.initial_points(num_chains)
     if "inverse_mass_matrix" not in kernel_kwargs and isinstance(target, HasApproximateVariance):
         kernel_kwargs["inverse_mass_matrix"] = target.approximate_variance()
+    kernel_kwargs.setdefault("pool_metric_dim", 0)
     kernel = BatchedHMC(target, num_chains=num_chains, **kernel_kwargs)
     mcmc = pyro.infer.MCMC(
         kernel,
@@ -184,7 +195,11 @@ def sample_subset_posterior(
         wall_time=wall,
         sampling_time=clock.sampling_time,
         num_grad_evals=kernel.num_grad_evals,
-        extra={"num_loop_steps": kernel.num_loop_steps, "diagnostics": kernel.diagnostics()},
+        extra={
+            "num_loop_steps": kernel.num_loop_steps,
+            "warmup_grad_evals": kernel.num_warmup_grad_evals,
+            "diagnostics": kernel.diagnostics(),
+        },
     )
     if improper != "ignore" and run.escaped_points:
         warnings.warn(

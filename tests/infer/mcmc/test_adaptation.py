@@ -191,7 +191,9 @@ def test_learned_trajectory_scales_with_the_target():
     s × (≈ 3.3-4 for D = 10): the adapter has to move from its initial 3.5 to about 3.5 s."""
     s, d = 3.0, 10
     pyro.set_rng_seed(0)
-    kernel = BatchedHMC(potential_fn=lambda z: 0.5 * (z * z).sum(-1) / s**2, adapt_mass_matrix=False)
+    kernel = BatchedHMC(
+        potential_fn=lambda z: 0.5 * (z * z).sum(-1) / s**2, adapt_mass_matrix=False, trajectory="uturn"
+    )
     mcmc = pyro.infer.MCMC(
         kernel, num_samples=1, warmup_steps=150, initial_params={"z": s * torch.randn(1, 16, d)}, disable_progbar=True
     )

@@ -134,13 +134,16 @@ def subset_sizes_mask(num_experts=4, per_size=3):
     return torch.tensor(rows).T
 
 
+@pytest.mark.parametrize("trajectory", ["steps", "uturn"])
 @pytest.mark.parametrize("d", [2, 20], ids=lambda d: f"D{d}")
-def test_gaussian_subset_sizes_2_3_4_every_target(d):
+def test_gaussian_subset_sizes_2_3_4_every_target(d, trajectory):
     """One run, per-data-point subsets of sizes 2, 3 and 4 (three points each), scales 0.05 .. 5."""
     mask = subset_sizes_mask(4, 3)
     target = random_gaussian_target(4, n=mask.shape[1], d=d, seed=d, mask=mask)
     assert target.subset_sizes.tolist() == [2, 2, 2, 3, 3, 3, 4, 4, 4]
-    run = sample_subset_posterior(target, num_samples=800, warmup_steps=300, num_chains=4, seed=1, progress=False)
+    run = sample_subset_posterior(
+        target, num_samples=800, warmup_steps=300, num_chains=4, seed=1, progress=False, trajectory=trajectory
+    )
     assert run.samples.shape == (4, 800, 9, d)
     assert run.accept_prob.shape == (4, 800, 9) and run.step_size.shape == (4, 9)
     check_against_closed_form(run, target)
@@ -157,6 +160,19 @@ def test_gaussian_subset_posterior_every_target(num_experts, d):
     run = sample_subset_posterior(target, num_samples=2000, warmup_steps=500, num_chains=4, seed=1, progress=False)
     check_against_closed_form(run, target)
     assert run.divergences.sum() == 0
+
+
+def test_steps_trajectories_take_the_same_steps_and_stay_within_the_time():
+    """``"steps"``: one number of leapfrog steps L for every target and iteration (no lockstep idling),
+    from the median step size; after warmup no trajectory integrates beyond 1.25 T."""
+    target = random_gaussian_target(3, n=30, d=5, seed=2)
+    run = sample_subset_posterior(target, 200, 150, num_chains=4, seed=2, progress=False)
+    loop = run.extra["num_loop_steps"]
+    assert bool((run.num_steps == loop).all())
+    assert loop == round(2.0 / float(run.step_size.median()))
+    assert float(run.trajectory_length.max()) <= 2.0 + 1e-5
+    with pytest.raises(ValueError, match="trajectory must be"):
+        BatchedHMC(target, trajectory="nuts")
 
 
 def test_identity_start_metric_and_scale_spread():
@@ -184,22 +200,30 @@ def test_float64():
     check_against_closed_form(run, target)
 
 
-def test_improper_targets_raise_or_escape_without_stalling_the_others():
-    """Improper points: an error naming them by default; with improper='warn' their chains escape, are
-    frozen and flagged, and the proper points are still sampled correctly with short trajectories."""
+@pytest.mark.parametrize("trajectory", ["uturn", "steps"])
+def test_improper_targets_raise_or_escape_without_stalling_the_others(trajectory):
+    """Improper points: an error naming them by default; with improper='warn' the proper points are still
+    sampled correctly with short trajectories. With ``"uturn"`` the improper points' chains escape, are
+    frozen and flagged (their never-ending U-turns would otherwise drive everyone's loop to 256); with
+    ``"steps"`` the shared number of steps comes from the median step size and is unaffected."""
     locs, scales, improper = mixed_properness_experts(n=8, d=3, seed=1)
     prior = (torch.zeros(3), torch.ones(3))
     target = SubsetPosterior.from_gaussians(*prior, locs, scales)
     with pytest.raises(ImproperPosteriorError, match="data points 1, 4, 5"):
         sample_subset_posterior(target, 10, 10, progress=False)
     with pytest.warns(ImproperPosteriorWarning) as record:
-        run = sample_subset_posterior(target, 600, 300, num_chains=4, seed=3, progress=False, improper="warn")
+        run = sample_subset_posterior(
+            target, 600, 300, num_chains=4, seed=3, progress=False, improper="warn", trajectory=trajectory
+        )
     assert "data points 1, 4, 5" in str(record[0].message)  # before sampling
-    assert any("escaped" in str(w.message) for w in record)  # after sampling
-    assert run.escaped_points == improper
-    assert bool(run.escaped[:, improper].all())  # every chain of an improper point
-    assert run.extra["diagnostics"]["escaped targets"] == 4 * len(improper)
-    assert run.extra["num_loop_steps"] < 32  # an escaping target would otherwise drive the loop to 256
+    if trajectory == "uturn":
+        assert any("escaped" in str(w.message) for w in record)  # after sampling
+        assert run.escaped_points == improper
+        assert bool(run.escaped[:, improper].all())  # every chain of an improper point
+        assert run.extra["diagnostics"]["escaped targets"] == 4 * len(improper)
+        assert run.extra["num_loop_steps"] < 32  # an escaping target would otherwise drive the loop to 256
+    else:
+        assert run.extra["num_loop_steps"] <= 6
     proper = [i for i in range(8) if i not in improper]
     check_against_closed_form(
         HMCRun(samples=run.samples[:, :, proper]),
