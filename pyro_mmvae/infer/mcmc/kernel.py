@@ -206,7 +206,6 @@ class BatchedHMC(MCMCKernel):
         if not 0 <= check_float(step_jitter, "step_jitter") < 1:
             raise InputError(f"step_jitter must be in [0, 1), got {step_jitter}")
         self.step_jitter = float(step_jitter)
-        self._eps_cap = float("inf")
         self.num_steps, self.max_num_steps = int(num_steps), int(max_num_steps)
         self.trajectory_scale, self.jitter = float(trajectory_scale), float(jitter)
         self.max_energy_error = float(max_energy_error)
@@ -250,6 +249,7 @@ class BatchedHMC(MCMCKernel):
         self._log_acc, self._log_n, self._num_divergent_draws = None, 0, None
         self.num_grad_evals = 0
         self.num_warmup_grad_evals = 0
+        self._eps_cap = float("inf")  # "steps": T / L, set when warmup ends
 
     def cleanup(self) -> None:
         """Nothing to release; sample statistics stay available until the next :meth:`setup`."""
@@ -509,7 +509,7 @@ class BatchedHMC(MCMCKernel):
         if not self.adapt_trajectory:
             return
         if self.trajectory == "steps":
-            live = (eps * 1.0).flatten()[~self._escaped.flatten()]
+            live = eps.flatten()[~self._escaped.flatten()]
             if live.numel() == 0:
                 self._loop = self._explore_loop = 1
                 return
