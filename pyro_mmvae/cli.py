@@ -95,6 +95,17 @@ def _train_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--track",
+        choices=("mlflow", "wandb"),
+        default=None,
+        help="also log settings, per-epoch metrics and figures to MLflow or Weights & Biases (offline)",
+    )
+    p.add_argument(
+        "--track-uri",
+        default=None,
+        help="MLflow tracking URI or folder (default: <out>/mlruns); W&B: the folder of its files (default: <out>)",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -106,7 +117,14 @@ def _evaluate_parser(sub):
         description="Evaluate a run folder and write RUN/evaluation.json and figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--run", type=Path, required=True, help="run folder written by 'pyro-mmvae train'")
+    p.add_argument(
+        "--run",
+        "--run-dir",  # under torchrun, whose own --run-path swallows an abbreviated --run
+        dest="run",
+        type=Path,
+        required=True,
+        help="run folder written by 'pyro-mmvae train' (under torchrun write --run-dir)",
+    )
     p.add_argument("--classifiers", type=Path, default=None, help="folder of the dataset's pretrained classifiers")
     p.add_argument("--data-root", default=None, help="the dataset's folder (default: the run's)")
     p.add_argument("--num-points", type=int, default=1000, help="test points evaluated")
@@ -243,8 +261,20 @@ def _fail(err: Exception):
 
 
 def cmd_train(args) -> int:
+    from .distributed import DistributedError, init_from_env, shutdown
+
+    w = init_from_env(args.device)  # under torchrun: join the other processes (data-parallel training)
+    try:
+        return _train(args, quiet=not w.is_main)
+    except DistributedError as err:
+        _fail(err)
+    finally:
+        shutdown()
+
+
+def _train(args, quiet: bool) -> int:
     if args.dataset == "toy" and args.model in TOY_MODELS:
-        return _train_toy(args)
+        return _train_toy(args, quiet)
     options = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     options = {k: v for k, v in options.items() if v is not None}
     if options.get("out") is not None:
@@ -253,12 +283,14 @@ def cmd_train(args) -> int:
         out = train_run(RunConfig(**options), command=args.command)
     except InputError as err:
         _fail(err)
+    if quiet:
+        return 0
     print(f"run folder: {out}")
     print(f"next: pyro-mmvae evaluate --run {out}" + ("" if args.dataset == "toy" else " --classifiers DIR"))
     return 0
 
 
-def _train_toy(args) -> int:
+def _train_toy(args, quiet: bool) -> int:
     defaults = ToyTrainConfig()
     options = {f.name: getattr(args, f.name, None) for f in fields(ToyTrainConfig)}
     options = {k: (getattr(defaults, k) if v is None else v) for k, v in options.items()}
@@ -266,6 +298,8 @@ def _train_toy(args) -> int:
         out, metrics = train_toy(ToyTrainConfig(**options), command=args.command)
     except InputError as err:  # PipelineInputError included
         _fail(err)
+    if quiet:
+        return 0
     print(json.dumps({k: metrics[k] for k in ("test_elbo", "joint_coherence")}, indent=None))
     print(f"run folder: {out}")
     return 0
@@ -281,6 +315,18 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def cmd_evaluate(args) -> int:
+    from .distributed import DistributedError, init_from_env, shutdown
+
+    w = init_from_env(args.device)  # under torchrun: share the coherence work between the processes
+    try:
+        return _evaluate(args, quiet=not w.is_main)
+    except DistributedError as err:
+        _fail(err)
+    finally:
+        shutdown()
+
+
+def _evaluate(args, quiet: bool) -> int:
     from .experiments.evaluate import evaluate_run
 
     extractor = None
@@ -315,6 +361,8 @@ def cmd_evaluate(args) -> int:
         )
     except InputError as err:
         _fail(err)
+    if quiet:
+        return 0
     summary = {"per_size": result["coherence"]["per_size"], "joint_coherence": result["joint_coherence"]}
     print(json.dumps(summary))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")

@@ -99,6 +99,9 @@ def kill_point(event: str, detail: str | None = None) -> None:
     - ``fit_step:<stage>``: after an optimizer step of ``fit`` (mid-epoch);
     - ``stage_end:<stage>``: a stage of the CLI pipeline returned, the next has not begun.
 
+    Under ``torchrun`` every process sees the variable; ``PYRO_MMVAE_KILL_RANK=<r>`` restricts the kill
+    to the process whose ``RANK`` is r (a worker dying mid-epoch, the others alive).
+
     Used by ``tests/test_crash_safety.py``; reading one environment variable costs nanoseconds.
 
     Raises:
@@ -111,6 +114,9 @@ def kill_point(event: str, detail: str | None = None) -> None:
     if not name or not count.isdigit() or int(count) < 1:
         raise ValueError(f"{KILL_ENV} must be '<event>[:<detail>]:<n>' with n >= 1, got {spec!r}")
     if name != event and (detail is None or name != f"{event}:{detail}"):
+        return
+    rank = os.environ.get(KILL_ENV.replace("_AT", "_RANK"))
+    if rank is not None and rank != os.environ.get("RANK", "0"):
         return
     _kill_counts[spec] = _kill_counts.get(spec, 0) + 1
     if _kill_counts[spec] == int(count):

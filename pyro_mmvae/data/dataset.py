@@ -131,11 +131,10 @@ def get_batch(dataset, indices) -> MultimodalBatch:
     return collate([dataset[int(i)] for i in indices])
 
 
-def iterate_batches(
-    dataset, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, drop_last: bool = False
-) -> Iterator[MultimodalBatch]:
-    """Yield batches of ``dataset``; with ``shuffle`` the order depends only on ``(seed, epoch)``."""
-    n = len(dataset)
+def batch_indices(
+    n: int, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, drop_last: bool = False
+) -> Iterator[list[int]]:
+    """The row indices of each batch of ``n`` rows; with ``shuffle`` the order depends only on ``(seed, epoch)``."""
     if shuffle:
         g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
         order = torch.randperm(n, generator=g)
@@ -143,7 +142,15 @@ def iterate_batches(
         order = torch.arange(n)
     stop = n - (n % batch_size) if drop_last else n
     for start in range(0, stop, batch_size):
-        yield get_batch(dataset, order[start : start + batch_size].tolist())
+        yield order[start : start + batch_size].tolist()
+
+
+def iterate_batches(
+    dataset, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0, drop_last: bool = False
+) -> Iterator[MultimodalBatch]:
+    """Yield batches of ``dataset``; with ``shuffle`` the order depends only on ``(seed, epoch)``."""
+    for indices in batch_indices(len(dataset), batch_size, shuffle, seed, epoch, drop_last):
+        yield get_batch(dataset, indices)
 
 
 def num_batches(dataset, batch_size: int, drop_last: bool = False) -> int:

@@ -27,6 +27,7 @@ import torch
 
 from .. import plots
 from ..data import iterate_batches
+from ..distributed import world
 from ..errors import InputError, check_int
 from ..infer.conditional import conditional_decoder
 from ..metrics.coherence import enumerate_subsets, joint_coherence, subset_coherence
@@ -106,6 +107,11 @@ def evaluate_run(
         llh_particles: importance samples per point for the joint log-likelihood (0 skips it).
         subset_sizes: evaluate only the conditioning subsets of these sizes (default: every non-empty
             proper subset; JNF's subsets of 2 or more modalities each cost a BatchedHMC run).
+
+    Under ``torchrun`` (``torchrun --nproc_per_node N -m pyro_mmvae.cli evaluate --run RUN ...``) the
+    (subset, batch) units of the coherence are split over the processes, each seeded from ``seed``, the
+    subset and the batch, so the numbers equal those of one process; rank 0 then computes the rest and
+    writes the files (the other ranks return the coherence alone).
     """
     run = Path(run)
     num_points = check_int(num_points, "num_points", minimum=1)
@@ -133,7 +139,11 @@ def evaluate_run(
         subsets = [sub for sub in subsets if len(sub) in sizes]
         if not subsets:
             raise InputError(f"no conditioning subset has a size in {sorted(sizes)} for {len(mods)} modalities")
-    report = subset_coherence(generate, classifiers, batches, label=label, subsets=subsets, progress=progress)
+    report = subset_coherence(
+        generate, classifiers, batches, label=label, subsets=subsets, progress=progress, seed=seed
+    )
+    if not world().is_main:  # under torchrun the others shared the coherence work; rank 0 does the rest
+        return {"coherence": report.to_dict()}
     z_prior = model.sample_prior(num_prior).to(device)
     prior_gen = model.reconstruct(z_prior)
     result = {

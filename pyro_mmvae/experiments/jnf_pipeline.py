@@ -32,10 +32,12 @@ import torch
 
 from .. import plots
 from ..data import iterate_batches
+from ..distributed import on_main, world
 from ..errors import InputError
 from ..infer.conditional import ConditionalSamples, conditional_generate
 from ..infer.jnf import JNFLoss
 from ..train import LinearAnnealing, fit, load_stage, train_projectors
+from ..train.tracking import run_tracker
 from ..utils import (
     atomic_write,
     atomic_write_json,
@@ -85,6 +87,8 @@ class ToyTrainConfig:
     seed: int = 0
     resume: bool = False
     no_progress: bool = False
+    track: str | None = None  # "mlflow" or "wandb": also log to that tracker (--track)
+    track_uri: str | None = None
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.latent_dim < 1:
@@ -115,19 +119,27 @@ def toy_run_folder(config: ToyTrainConfig) -> Path:
     return out
 
 
+def _open_run_folder(config: ToyTrainConfig, command: str, device) -> Path:
+    out = toy_run_folder(config)
+    sweep_temporary_files(out, recursive=True)  # leftovers of a killed run (only the library's own naming)
+    if not (out / "config.json").exists():
+        record = {"command": command, **asdict(config)}
+        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in record.items()}
+        atomic_write_json(out / "config.json", {**record, "resolved_device": str(device)})
+    return out
+
+
 def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
     """Train the joint VAE (and the JNF stages of ``config.model``), evaluate on the test split, draw figures.
 
     ``command`` is recorded as the first entry of ``config.json`` (the CLI sub-command).
     Returns the run folder and the metrics written to ``metrics.json``.
     """
-    out = toy_run_folder(config)
-    sweep_temporary_files(out, recursive=True)  # leftovers of a killed run (only the library's own naming)
     device = resolve_device(config.device)
-    if not (out / "config.json").exists():
-        record = {"command": command, **asdict(config)}
-        record = {k: (str(v) if isinstance(v, Path) else v) for k, v in record.items()}
-        atomic_write_json(out / "config.json", {**record, "resolved_device": str(device)})
+    out = on_main(_open_run_folder, config, command, device)  # under torchrun: rank 0 checks and writes
+    main = world().is_main
+    log = run_tracker(config.track, out, config.track_uri)
+    callbacks = [] if log is None else [log]
     set_seed(config.seed)
     start = time.time()
     progress = not config.no_progress
@@ -154,12 +166,15 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
         seed=seed,
         device=device,
         progress=progress,
+        callbacks=callbacks,
     )
     kill_point("stage_end", "joint")  # test hook (no-op unless PYRO_MMVAE_KILL_AT is set)
     set_seed(config.seed)  # the metrics draw samples: the same draws whether or not the run was resumed
-    metrics = toy.evaluate_joint(model, guide, test, out, device)
+    metrics = toy.evaluate_joint(model, guide, test, out, device) if main else {}
     if config.model in ("jnf", "jnf-shared"):
-        metrics["cross_coherence"] = train_experts(config, model, guide, train, val, test, out, device)
+        cross = train_experts(config, model, guide, train, val, test, out, device, callbacks)
+        if main:
+            metrics["cross_coherence"] = cross
     metrics["train"] = {
         "epochs_run": len(result.history),
         "final_train_loss": result.history[-1]["train_loss"] if result.history else None,
@@ -167,11 +182,16 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
         "seconds": time.time() - start,
         "torch_threads": torch.get_num_threads(),
     }
-    atomic_write_json(out / "metrics.json", metrics)
+    if main:  # under torchrun the other ranks only trained
+        atomic_write_json(out / "metrics.json", metrics)
+    if log is not None:
+        log.log_figures(sorted(out.glob("*.png")))  # the run's figures (not those inside mlruns/)
     return ToyTrainResult(out, metrics)
 
 
-def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, out: Path, device) -> dict:
+def train_experts(
+    config: ToyTrainConfig, model, joint_guide, train, val, test, out: Path, device, callbacks=()
+) -> dict:
     """JNF stage 2 (and stage 0 of JNF-Shared): checkpointed fit stages ``projectors`` (jnf-shared only),
     then one ``experts_<variant>`` stage per expert variant. Returns the cross-coherence per variant."""
     variants = ["gaussian", "flow"] + (["shared"] if config.model == "jnf-shared" else [])
@@ -196,6 +216,7 @@ def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, 
             stage="projectors",
             resume=config.resume,
             device=device,
+            callbacks=list(callbacks),
         )
         kill_point("stage_end", "projectors")
     experts = {}
@@ -221,9 +242,12 @@ def train_experts(config: ToyTrainConfig, model, joint_guide, train, val, test, 
             seed=seed,
             device=device,
             progress=progress,
+            callbacks=list(callbacks),
         )
         kill_point("stage_end", stage)
         experts[variant] = guide
+    if not world().is_main:
+        return {}
     return toy.evaluate_experts(model, joint_guide, experts, test, out, device, seed=config.seed)
 
 

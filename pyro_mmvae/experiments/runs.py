@@ -28,10 +28,12 @@ from typing import NamedTuple
 import torch
 
 from ..data.modality import Modality, reconstruction_weights
+from ..distributed import on_main, world
 from ..errors import InputError, RunFolderError
 from ..infer.jnf import JNFLoss
 from ..nn.architectures.polymnist import POLYMNIST_NETS
 from ..train import LinearAnnealing, fit, load_stage, train_projectors
+from ..train.tracking import run_tracker
 from ..utils import (
     atomic_write_json,
     kill_point,
@@ -83,6 +85,8 @@ class RunConfig:
     resume: bool = False
     download: bool = False
     no_progress: bool = False
+    track: str | None = None
+    track_uri: str | None = None
 
     def __post_init__(self):
         check_dataset(self.dataset)
@@ -158,8 +162,9 @@ def _expert_stage(model_name: str) -> str | None:
     return {"jnf": "experts_flow", "jnf-shared": "experts_shared"}.get(model_name)
 
 
-def _stage_settings(config: RunConfig, settings: Preset, out: Path, stage: str, device) -> dict:
+def _stage_settings(config: RunConfig, settings: Preset, out: Path, stage: str, device, log=None) -> dict:
     return dict(
+        callbacks=[] if log is None else [log],
         batch_size=settings.batch_size,
         lr=settings.lr,
         early_stopping_patience=settings.patience,
@@ -175,9 +180,6 @@ def _stage_settings(config: RunConfig, settings: Preset, out: Path, stage: str, 
 def train_run(config: RunConfig, command: str = "train") -> Path:
     """Train ``config.model`` on ``config.dataset``; returns the run folder (see the module docstring)."""
     out = config.run_dir
-    if (out / "config.json").exists() and not config.resume:
-        raise InputError(f"{out} already holds a run; pass --resume to continue it or --out to start a new one")
-    sweep_temporary_files(out, recursive=True)
     device = resolve_device(config.device)
     settings = config.settings()
     mods = run_modalities(config.dataset, settings)
@@ -190,9 +192,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
         "resolved_device": str(device),
     }
     record = json.loads(json.dumps(record))  # the form config.json holds (tuples become lists)
-    if (out / "config.json").exists():
-        _check_resumable(read_run_config(out), record, out)
-    atomic_write_json(out / "config.json", record)
+    on_main(_open_run_folder, out, record, config.resume)  # under torchrun: rank 0 checks and writes
     start = time.time()
     splits = load_splits(
         config.dataset,
@@ -205,11 +205,12 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
         download=config.download,
     )
     stages: dict[str, dict] = {}
+    log = run_tracker(config.track, out, config.track_uri)
     projectors = None
     if config.model == "jnf-shared":
         set_seed(stage_seed(config.seed, "projectors"))
         projectors = recipes.build_projectors(config.dataset, mods, settings).to(device)
-        s = _stage_settings(config, settings, out, "projectors", device)
+        s = _stage_settings(config, settings, out, "projectors", device, log)
         losses = train_projectors(
             projectors,
             splits.train,
@@ -223,6 +224,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
             stage="projectors",
             resume=config.resume,
             device=device,
+            callbacks=s["callbacks"],
         )
         stages["projectors"] = {"epochs_run": len(losses), "final_loss": losses[-1] if losses else None}
         kill_point("stage_end", "projectors")
@@ -241,7 +243,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
         epochs=settings.epochs,
         beta=beta,
         val_data=splits.validation,
-        **_stage_settings(config, settings, out, stage, device),
+        **_stage_settings(config, settings, out, stage, device, log),
     )
     stages[stage] = _summary(result)
     kill_point("stage_end", stage)
@@ -260,18 +262,38 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
             val_data=splits.validation,
             params=experts.experts,
             train_mode_modules=[experts.experts],
-            **_stage_settings(config, settings, out, expert_stage, device),
+            **_stage_settings(config, settings, out, expert_stage, device, log),
         )
         stages[expert_stage] = _summary(result)
         kill_point("stage_end", expert_stage)
-    atomic_write_json(
-        out / "train.json", {"stages": stages, "seconds": time.time() - start, "threads": torch.get_num_threads()}
-    )
+    if world().is_main:
+        summary = {"stages": stages, "seconds": time.time() - start, "threads": torch.get_num_threads()}
+        atomic_write_json(out / "train.json", summary | {"processes": world().size})
     return out
 
 
+def _open_run_folder(out: Path, record: dict, resume: bool) -> None:
+    """Refuse a folder holding another run (or, on resume, one with other settings); write ``config.json``."""
+    if (out / "config.json").exists() and not resume:
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or --out to start a new one")
+    sweep_temporary_files(out, recursive=True)
+    if (out / "config.json").exists():
+        _check_resumable(read_run_config(out), record, out)
+    atomic_write_json(out / "config.json", record)
+
+
 # Options a resumed run may change: budgets (fit checks each stage's own settings), where and how it runs.
-RESUME_MAY_CHANGE = {"resume", "epochs", "expert_epochs", "no_progress", "device", "resolved_device", "download"}
+RESUME_MAY_CHANGE = {
+    "resume",
+    "epochs",
+    "expert_epochs",
+    "no_progress",
+    "device",
+    "resolved_device",
+    "download",
+    "track",
+    "track_uri",
+}
 
 
 def _check_resumable(saved: dict, record: dict, out: Path) -> None:

@@ -74,12 +74,17 @@ def sample_latents(
     seed: int | None = None,
     progress: bool = False,
     improper: str = "raise",
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, str, dict]:
     """Draw ``(num_samples, B, D)`` latents given the modalities ``given``; see the module docstring.
 
     ``improper`` is passed to :func:`~pyro_mmvae.infer.mcmc.sample_subset_posterior`: with ``"warn"``
     the rows whose subset posterior is improper get meaningless latents, listed in
     ``diagnostics["run"].escaped_points`` and by an ``ImproperPosteriorWarning``.
+
+    ``chunk_size``: sample the subset posteriors in chunks of this many rows, spread over the processes
+    under ``torchrun`` (:func:`~pyro_mmvae.infer.mcmc.sharded.sample_sharded`; every process gets all the
+    draws, the same whatever the number of processes; ``diagnostics["sharded"]`` holds the run).
     """
     given = _given_names(given, names)
     if method not in ("auto", "mcmc"):
@@ -98,10 +103,27 @@ def sample_latents(
         return experts.posterior(batch, given).sample((num_samples,)), "expert", {}
     if prior is None:
         raise ValueError("the subset posterior needs the prior p(z)")
+    chains = max(1, min(num_chains, num_samples))
+    per_chain = -(-num_samples // chains)
+    if chunk_size is not None:
+        from .mcmc.sharded import sample_sharded
+
+        with torch.enable_grad():
+            sharded = sample_sharded(
+                lambda a, b: SubsetPosterior.from_guide(experts, batch[a:b], given, prior),
+                batch.batch_size,
+                per_chain,
+                mcmc_warmup,
+                chunk_size=chunk_size,
+                num_chains=chains,
+                seed=0 if seed is None else seed,
+                progress=progress,
+                improper=improper,
+            )
+        z = sharded.samples.reshape(-1, *sharded.samples.shape[2:])[:num_samples].to(batch.device)
+        return z, "mcmc", {"sharded": sharded}
     with torch.enable_grad():
         target = SubsetPosterior.from_guide(experts, batch, given, prior)
-        chains = max(1, min(num_chains, num_samples))
-        per_chain = -(-num_samples // chains)
         run = sample_subset_posterior(
             target,
             num_samples=per_chain,

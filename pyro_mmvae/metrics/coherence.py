@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from ..data.batch import MultimodalBatch
 from ..data.dataset import iterate_batches
+from ..distributed import all_gather_objects, world
 from ..errors import InputError, UnknownModalityError, check_int
+from ..utils import set_seed, stage_seed
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 GenerateFn = Callable[[MultimodalBatch, list, list], Mapping[str, torch.Tensor]]
@@ -249,6 +251,7 @@ def subset_coherence(
     sample_prior: Callable[[int], Mapping[str, torch.Tensor]] | None = None,
     num_prior_samples: int = 1000,
     progress: bool = True,
+    seed: int | None = None,
 ) -> CoherenceReport:
     """Conditional coherence C_{S→m} for every subset S and every target m ∉ S (plain accuracy).
 
@@ -265,6 +268,11 @@ def subset_coherence(
         sample_prior: optional ``sample(n) -> {modality: (n, *shape)}`` of unconditional generations;
             when given, ``report.joint`` is their :func:`prior_joint_coherence` over ``num_prior_samples``.
         progress: a tqdm bar over the subsets.
+        seed: when given, the global RNGs are seeded before each (subset, batch) with a seed derived
+            from ``seed``, the subset and the batch index, so each unit's generations do not depend on
+            what ran before it. Under ``torchrun`` (:mod:`pyro_mmvae.distributed`) the units are then
+            split over the processes and the counts summed: every process returns the same report, equal
+            to that of one process with the same seed.
 
     Missing modalities: for subset S only the rows in which EVERY modality of S is present are counted
     (whether the target itself is present does not matter: the true label is what is compared). The
@@ -287,17 +295,31 @@ def subset_coherence(
         raise UnknownModalityError(f"no classifier for target modalities {missing}; have {sorted(classifiers)}")
     subsets = _check_subsets(enumerate_subsets(names) if subsets is None else subsets, names, targets)
 
+    w = world()
+    if w.distributed and seed is None:
+        raise InputError("subset_coherence across processes needs a seed (the same one on every process)")
     report = CoherenceReport(tuple(names), label)
-    bar = tqdm(subsets, desc="coherence", unit="subset", disable=not progress)
+    bar = tqdm(subsets, desc="coherence", unit="subset", disable=not progress or not w.is_main)
+    unit = 0
     for subset in bar:
         bar.set_postfix(given=_key(subset))
         subset_targets = [m for m in targets if m not in subset]
         for m in subset_targets:
             report.correct[(subset, m)] = report.count[(subset, m)] = 0
         with torch.no_grad():
-            for batch in source():
+            for i, batch in enumerate(source()):
+                unit += 1
+                if (unit - 1) % w.size != w.rank:
+                    continue
+                if seed is not None:
+                    set_seed(stage_seed(int(seed), f"coherence/{_key(subset)}/{i}"))
                 _score_batch(report, generate, classifiers, batch, subset, subset_targets, label, device)
     bar.close()
+    if w.distributed:
+        parts = all_gather_objects((dict(report.correct), dict(report.count)))
+        for key in report.count:
+            report.correct[key] = sum(p[0][key] for p in parts)
+            report.count[key] = sum(p[1][key] for p in parts)
     if sample_prior is not None:
         with torch.no_grad():
             report.joint = prior_joint_coherence(sample_prior, classifiers, num_prior_samples, batch_size)

@@ -7,7 +7,9 @@
 - :mod:`~pyro_mmvae.train.schedules` — β and learning-rate schedules;
 - :mod:`~pyro_mmvae.train.run_files`, :mod:`~pyro_mmvae.train.checkpoint`, :mod:`~pyro_mmvae.train.stages` —
   the run folder, atomic ``weights_only`` checkpoints with RNG states, multistage runs;
-- :mod:`~pyro_mmvae.train.projectors` — the JNF-Shared projector stage.
+- :mod:`~pyro_mmvae.train.projectors` — the JNF-Shared projector stage;
+- :mod:`~pyro_mmvae.train.data_parallel` — the same ``fit`` over N processes started by ``torchrun``;
+- :mod:`~pyro_mmvae.train.tracking` — MLflow and Weights & Biases loggers (optional extras).
 """
 
 from .callbacks import (

@@ -44,9 +44,14 @@ from .state import LOG_COLUMNS, TrainingState
 
 
 class Callback:
-    """Base class: every hook does nothing. See the module docstring."""
+    """Base class: every hook does nothing. See the module docstring.
+
+    Under data parallelism (:mod:`~pyro_mmvae.train.data_parallel`) a callback runs on rank 0 alone unless its
+    class sets ``all_ranks = True``; a stop it requests on rank 0 is sent to every rank.
+    """
 
     order = 50
+    all_ranks = False
 
     def on_fit_start(self, state: TrainingState) -> None:
         """Before the first epoch of this call (after a resume: before the first remaining epoch)."""
@@ -83,11 +88,14 @@ def as_callback(obj) -> Callback:
 class EarlyStopping(Callback):
     """Stop after ``patience`` epochs without a validation improvement (needs validation data).
 
+    Runs on every rank under data parallelism (``all_ranks``): the validation loss is the same everywhere.
+
     Improvement is decided by the config's ``early_stopping_min_delta`` (the same rule picks the
     best weights); the counters live in ``state.best`` and are checkpointed with it.
     """
 
     order = 0
+    all_ranks = True
 
     def __init__(self, patience: int):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
@@ -285,11 +293,12 @@ def default_callbacks(state: TrainingState, given: list[Callback]) -> list[Callb
     wanted: list[Callback] = []
     if config.early_stopping_patience is not None:
         wanted.append(EarlyStopping(config.early_stopping_patience))
-    if files is not None:
-        wanted += [CSVLogger(files.log), Checkpoint(config.checkpoint_every)]
-    if config.tensorboard:
-        wanted.append(TensorBoardLogger(files.tensorboard))
-    if config.progress:
-        wanted.append(ProgressBar())
+    if state.is_main:  # under data parallelism the other ranks write nothing and show no progress
+        if files is not None:
+            wanted += [CSVLogger(files.log), Checkpoint(config.checkpoint_every)]
+        if config.tensorboard:
+            wanted.append(TensorBoardLogger(files.tensorboard))
+        if config.progress:
+            wanted.append(ProgressBar())
     given_types = {type(cb) for cb in given}
     return [cb for cb in wanted if type(cb) not in given_types]

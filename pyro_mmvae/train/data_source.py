@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
 from ..data.batch import MultimodalBatch
-from ..data.dataset import MultimodalDataset, iterate_batches
+from ..data.dataset import MultimodalDataset, batch_indices, get_batch, iterate_batches
 from ..data.validation import validate_batch
 from ..errors import InputError, InputTypeError
 
@@ -63,6 +63,32 @@ class DataSource:
         if self.kind == "dataset":
             return iterate_batches(self.data, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
         return iter(self.data)
+
+    def shards(
+        self, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int, size: int
+    ) -> Iterator[tuple[MultimodalBatch | None, int]]:
+        """Rank ``rank``'s share of every batch of epoch ``epoch``: ``(rows or None when empty, batch rows)``.
+
+        Every rank walks the same batches (the order depends only on ``(seed, epoch)``) and takes its
+        contiguous share (:func:`~pyro_mmvae.distributed.shard_bounds`); from a dataset only those
+        rows are read. Needs a dataset or a list/tuple of batches: another iterable (a shuffling
+        ``DataLoader``) may yield different batches on different ranks.
+        """
+        from ..distributed import shard_bounds
+
+        if self.kind == "dataset":
+            for indices in batch_indices(len(self.data), batch_size, shuffle, seed, epoch):
+                a, b = shard_bounds(len(indices), rank, size)
+                yield (get_batch(self.data, indices[a:b]) if b > a else None), len(indices)
+            return
+        if not isinstance(self.data, (list, tuple)):
+            raise InputTypeError(
+                f"{self.what} is a {type(self.data).__name__}; data-parallel training needs a dataset (or a list of "
+                "MultimodalBatch), so that every rank sees the same batches and reads only its share"
+            )
+        for batch in self.data:
+            a, b = shard_bounds(batch.batch_size, rank, size)
+            yield (batch[a:b] if b > a else None), batch.batch_size
 
     def describe(self) -> dict:
         return {"kind": self.kind, "type": type(self.data).__qualname__, "size": self.size}

@@ -36,6 +36,7 @@ import torch
 
 from .. import __version__
 from ..data.validation import declared_modalities, prepare_batch
+from ..distributed import DistributedError, broadcast_object, rank_device, world
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
 from ..utils import kill_point, resolve_device, set_seed, to_jsonable
@@ -50,6 +51,7 @@ from .callbacks import (
 )
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_weights, set_rng_state, state_signature
 from .config import RUNTIME_FIELDS, FitConfig
+from .data_parallel import DataParallel
 from .data_source import DataSource
 from .optim import build_optimizer, describe_optimizer
 from .parameters import only_these_require_grad, restored_modes, set_train_mode, trained_parameters
@@ -128,7 +130,8 @@ def fit(
     if isinstance(model, FunctionModel) and not model.bound:  # adopt the networks its program registers
         model.bind(next(iter(train.batches(config.batch_size, shuffle=False, seed=config.seed, epoch=0))))
 
-    dev = resolve_device(config.device)
+    w = world()
+    dev = rank_device(resolve_device(config.device), w)
     model.to(dev)
     guide.to(dev)
     trained = trained_parameters(model, guide, params)
@@ -142,12 +145,16 @@ def fit(
         trained=trained,
         files=None if config.run_dir is None else StageFiles(config.run_dir, config.stage),
     )
+    if w.distributed:
+        state.parallel = DataParallel(w, dev, lambda: _where(state, state.step))
     saved = _open_stage(state)
     if saved is not None and state.finished:
         return _load_finished(state, saved)
 
     state.optimizer = build_optimizer(config.optimizer, [p for _, p in trained], config.lr, config.optimizer_kwargs)
     state.scheduler = build_lr_scheduler(config.lr_schedule, state.optimizer, config.epochs)
+    if not state.is_main:  # other ranks: only what decides stopping; rank 0's decision is sent to them
+        given = [cb for cb in given if getattr(cb, "all_ranks", False)]
     every = run_order(default_callbacks(state, given) + given)
     for cb in every:
         if isinstance(cb, Checkpoint):
@@ -156,6 +163,8 @@ def fit(
         _restore(state, saved, every)
     else:
         set_seed(config.seed)
+    if state.parallel is not None:
+        state.parallel.broadcast_parameters([model, guide])
     _run(state, train, val, every, train_mode_modules)
     if config.restore_best and state.best.weights is not None:
         model.load_state_dict(state.best.weights["model"])
@@ -224,15 +233,38 @@ def _record(config: FitConfig, objective, train, val, trained, model, guide, dev
 
 
 def _open_stage(state: TrainingState) -> dict | None:
-    """Load the checkpoint to resume (checking it fits), or prepare a fresh stage; fills the state's counters."""
+    """Load the checkpoint to resume (checking it fits), or prepare a fresh stage; fills the state's counters.
+
+    Under data parallelism rank 0 alone touches the files and sends the checkpoint (or its error) to
+    the other ranks.
+    """
+    saved, error = None, None
+    if state.files is not None and state.is_main:
+        try:
+            saved = _read_stage(state)
+        except Exception as err:  # re-raised on every rank below
+            error = err
+    if state.parallel is not None:
+        saved, error = broadcast_object((saved, error))
+    if error is not None:
+        raise error
+    if saved is not None:
+        _adopt_checkpoint(state, saved)
+    return saved
+
+
+def _read_stage(state: TrainingState) -> dict | None:
     config, files = state.config, state.files
-    if files is None:
-        return None
     saved = files.open_for(config.resume, config.overwrite)
     if saved is None:
         return None
     check_resumable(saved, state.record, files.checkpoint, state.model, state.guide, _SETTING_DEFAULTS)
     files.repair_best(saved)  # best.pt follows the checkpoint after a kill between their writes
+    return saved
+
+
+def _adopt_checkpoint(state: TrainingState, saved: dict) -> None:
+    config, files = state.config, state.files
     done, saved_epochs = int(saved["epoch"]), int(saved["config"]["settings"]["epochs"])
     if saved_epochs != config.epochs and not saved["stopped_early"]:
         if lr_schedule_depends_on_epochs(config.lr_schedule):
@@ -250,7 +282,6 @@ def _open_stage(state: TrainingState) -> dict | None:
     state.stop_requested = bool(saved["stopped_early"])
     state.best = type(state.best).from_checkpoint(saved, state.device)
     state.resumed_from = done
-    return saved
 
 
 def _load_finished(state: TrainingState, saved: dict) -> FitResult:
@@ -270,7 +301,8 @@ def _restore(state: TrainingState, saved: dict, callbacks: list[Callback]) -> No
     if state.scheduler is not None:
         state.scheduler.load_state_dict(saved["lr_scheduler"])
     load_callback_states(callbacks, saved.get("callbacks", {}), source)
-    set_rng_state(saved["rng"])
+    if state.parallel is None:  # data parallelism re-seeds each rank at every epoch instead
+        set_rng_state(saved["rng"])
 
 
 def _run(state: TrainingState, train: DataSource, val: DataSource | None, callbacks, train_mode_modules) -> None:
@@ -288,8 +320,9 @@ def _run(state: TrainingState, train: DataSource, val: DataSource | None, callba
                 beta_e = schedule(e)
                 lr_e = float(state.optimizer.param_groups[0]["lr"])
                 set_train_mode(state.model, state.guide, train_mode_modules)
-                batches = train.batches(config.batch_size, shuffle=True, seed=config.seed, epoch=e)
-                train_loss = _train_epoch(state, batches, beta_e, step_hooks)
+                if state.parallel is not None:
+                    state.parallel.seed_epoch(config.seed, e)
+                train_loss = _train_epoch(state, _shares(state, train, e, shuffle=True), beta_e, step_hooks)
                 val_loss = None
                 state.improved = False
                 if val is not None:
@@ -314,6 +347,8 @@ def _run(state: TrainingState, train: DataSource, val: DataSource | None, callba
                 state.history.append(row)
                 for cb in callbacks:
                     cb.on_epoch_end(state, row)
+                if state.parallel is not None:
+                    state.stop_requested = bool(broadcast_object(state.stop_requested, where=state.parallel.where))
                 if state.stop_requested:
                     break
     finally:
@@ -330,43 +365,96 @@ def _where(state: TrainingState, first_step: int) -> str:
     )
 
 
+def _shares(state: TrainingState, source: DataSource, epoch: int, shuffle: bool):
+    """``(rows of this process or None, rows of the whole batch)`` for every batch of the epoch."""
+    config, dp = state.config, state.parallel
+    if dp is None:
+        for batch in source.batches(config.batch_size, shuffle=shuffle, seed=config.seed, epoch=epoch):
+            yield batch, None
+    else:
+        w = dp.world
+        yield from source.shards(config.batch_size, shuffle, config.seed, epoch, w.rank, w.size)
+
+
+def _loss(state: TrainingState, batch, loss_kwargs: dict, first_step: int) -> torch.Tensor:
+    """The objective on ``batch``; a distribution rejecting NaN arguments is reported as a non-finite loss."""
+    try:
+        return state.objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
+    except ValueError as err:
+        # with validation on, a NaN produced by the networks surfaces as a distribution's
+        # ValueError ("found invalid values") before any loss exists: report it as what it is
+        msg = str(err)
+        params = [p for _, p in state.trained]
+        non_finite = "nan" in msg or "inf" in msg or not all(bool(torch.isfinite(p).all()) for p in params)
+        if "invalid values" in msg and non_finite:
+            raise NonFiniteLossError(
+                f"a distribution rejected NaN/inf arguments computed from the trained parameters "
+                f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
+            ) from err
+        raise
+
+
+def _global_loss(state: TrainingState, local, first_step: int, compute) -> tuple[torch.Tensor | None, float]:
+    """This rank's loss tensor and the mean loss over the whole batch, or an error raised on every rank."""
+    loss, error, n = None, None, 0 if local is None else local.batch_size
+    try:
+        if local is not None:
+            loss = compute(local)
+    except Exception as err:  # every rank must learn of it, or the others would wait forever
+        error = err
+    value = 0.0 if loss is None else float(loss.detach())
+    total, count, failed = state.parallel.sum_values([value * n, float(n), float(error is not None)])
+    if error is not None:
+        raise error
+    if failed:
+        raise DistributedError(
+            f"rank {state.parallel.world.rank}: another rank stopped with an error {_where(state, first_step)}; "
+            "see that rank's message"
+        )
+    return loss, total / max(count, 1.0)
+
+
 def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Callback]) -> float:
-    """One pass over ``batches``: the mean loss per data point (``state.step`` counts the steps)."""
-    config, objective, optimizer = state.config, state.objective, state.optimizer
+    """One pass over ``batches`` (``(rows, whole-batch rows)`` pairs): the mean loss per data point.
+
+    ``state.step`` counts the steps. Under data parallelism each rank's loss is weighted by its share
+    of the batch's rows and the weighted gradients are summed over the ranks: the gradient of the mean
+    over the whole batch.
+    """
+    config, optimizer, dp = state.config, state.optimizer, state.parallel
     params = [p for _, p in state.trained]
     loss_kwargs = dict(beta=beta, **config.loss_kwargs)
     first_step = state.step
     state.loss_sum, state.loss_count = 0.0, 0
-    for batch in batches:
+
+    def compute(batch):
         batch = prepare_batch(batch, state.device, state.model, state.guide, what="train_data")
+        return _loss(state, batch, loss_kwargs, first_step)
+
+    for local, rows in batches:
         optimizer.zero_grad(set_to_none=True)
-        try:
-            loss = objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
-        except ValueError as err:
-            # with validation on, a NaN produced by the networks surfaces as a distribution's
-            # ValueError ("found invalid values") before any loss exists: report it as what it is
-            msg = str(err)
-            non_finite = "nan" in msg or "inf" in msg or not all(bool(torch.isfinite(p).all()) for p in params)
-            if "invalid values" in msg and non_finite:
-                raise NonFiniteLossError(
-                    f"a distribution rejected NaN/inf arguments computed from the trained parameters "
-                    f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
-                ) from err
-            raise
-        value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
+        if dp is None:
+            loss = compute(local)
+            rows = local.batch_size  # compute() checked that it is a MultimodalBatch
+            value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
+        else:
+            loss, value = _global_loss(state, local, first_step, compute)
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"training loss is {value} {_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
             )
-        if not loss.requires_grad:
-            raise RuntimeError("the loss does not depend on any trained parameter (check params)")
-        loss.backward()
+        if loss is not None:
+            if not loss.requires_grad:
+                raise RuntimeError("the loss does not depend on any trained parameter (check params)")
+            (loss if dp is None else loss * (local.batch_size / rows)).backward()
+        if dp is not None:
+            dp.average_gradients(params)
         clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)
         optimizer.step()
         state.step += 1
         kill_point("fit_step", state.stage)  # test hook: no-op unless PYRO_MMVAE_KILL_AT is set
-        state.loss_sum += value * batch.batch_size
-        state.loss_count += batch.batch_size
+        state.loss_sum += value * rows
+        state.loss_count += rows
         for cb in step_hooks:
             cb.on_step_end(state)
     if state.loss_count == 0:
@@ -394,12 +482,19 @@ def clip_gradients(params: list[torch.Tensor], zero_nan: bool, value: float | No
 def _validate(state: TrainingState, val: DataSource, epoch: int, beta: float) -> float:
     """Mean validation loss per data point (the caller puts every module in eval mode)."""
     config = state.config
-    total, count = 0.0, 0
-    for batch in val.batches(config.batch_size, shuffle=False, seed=config.seed, epoch=epoch):
+
+    def compute(batch):
         batch = prepare_batch(batch, state.device, state.model, state.guide, what="val_data")
-        loss = state.objective.differentiable_loss(state.model, state.guide, batch, beta=beta, **config.loss_kwargs)
-        total += float(loss) * batch.batch_size
-        count += batch.batch_size
+        return state.objective.differentiable_loss(state.model, state.guide, batch, beta=beta, **config.loss_kwargs)
+
+    total, count = 0.0, 0
+    for local, rows in _shares(state, val, epoch, shuffle=False):
+        if state.parallel is None:
+            value, rows = float(compute(local)), local.batch_size
+        else:
+            _, value = _global_loss(state, local, state.step, compute)
+        total += value * rows
+        count += rows
     if count == 0:
         raise ValueError("val_data yielded no batches (an exhausted iterator?)")
     value = total / count

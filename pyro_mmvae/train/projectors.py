@@ -29,6 +29,7 @@ def train_projectors(
     stage: str = "projectors",
     resume: bool = False,
     device=None,
+    callbacks=None,
 ) -> list[float]:
     """Train projectors g_j jointly with DCCA or contrastive learning (one ``fit`` stage), then freeze them.
 
@@ -48,6 +49,7 @@ def train_projectors(
         run_dir, stage: checkpoint the stage under ``<run_dir>/<stage>/`` (``None``: write nothing).
         resume: continue ``<run_dir>/<stage>`` from its checkpoint; a finished stage is loaded, not retrained.
         device: where to train; default: the device of the projectors' parameters.
+        callbacks: extra ``fit`` callbacks (e.g. a tracker).
 
     Returns:
         the mean training loss of each epoch (``fit``'s ``train_loss`` history: ``epochs`` floats,
@@ -80,6 +82,7 @@ def train_projectors(
         seed=seed,
         device=first.device if device is None else device,
         progress=progress,
+        callbacks=callbacks,
     )
     for n in names:
         freeze(module[n])

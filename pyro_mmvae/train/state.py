@@ -121,6 +121,12 @@ class TrainingState:
     resumed_from: int | None = None
     loss_sum: float = 0.0
     loss_count: int = 0
+    parallel: Any = None  # a DataParallel under torch.distributed with > 1 process, else None
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes files and shows progress (always, without data parallelism)."""
+        return self.parallel is None or self.parallel.world.is_main
 
     @property
     def stage(self) -> str:
