@@ -53,6 +53,7 @@ from pyro_mmvae.distributions.experts import (
 from pyro_mmvae.nn.networks import GaussianHead, default_encoder
 from pyro_mmvae.nn.per_modality import index_modalities, per_modality_modules
 from pyro_mmvae.nn.set_aggregators import SelfAttentionPooling, SetGaussianHead, SumPooling, lecun_normal_
+from pyro_mmvae.nn.shared_encodings import cached, in_shared_block, tensor_key
 
 from .base import MultimodalGuide
 
@@ -170,19 +171,33 @@ class ModalityEncoders(nn.Module):
         return batch.stacked_mask(subset, self.names)
 
     def forward(self, batch: MultimodalBatch, mask: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, M, out_dim)``; modality s sees zeros in rows where ``mask[:, s]`` is False."""
+        """Features ``(B, M, out_dim)``; modality s sees zeros in rows where ``mask[:, s]`` is False.
+
+        Inside :func:`~pyro_mmvae.nn.shared_encodings.shared_encodings` each modality is encoded once,
+        from zeros only where it is MISSING, and the features are reused for every subset: the
+        aggregators ignore the entries outside ``mask``, so the result is the same.
+        """
         feats = []
         for i, (name, enc) in enumerate(self.encoders.items()):
             x = batch.data[name]
-            keep = mask[:, i].reshape(-1, *([1] * (x.dim() - 1)))
-            h = enc(torch.where(keep, x, torch.zeros_like(x)))
-            if h.shape != (batch.batch_size, self.out_dim):
-                raise ValueError(
-                    f"encoder of modality {name!r} returned shape {tuple(h.shape)}, expected "
-                    f"({batch.batch_size}, {self.out_dim})"
-                )
+            if in_shared_block():
+                present = batch.present[name]
+                key = (id(self), name, tensor_key(x), tensor_key(present))
+                h = cached(key, lambda n=name, e=enc, x=x, p=present: self._encode(n, e, x, p, batch))
+            else:
+                h = self._encode(name, enc, x, mask[:, i], batch)
             feats.append(h)
         return torch.stack(feats, dim=-2)
+
+    def _encode(self, name: str, enc: nn.Module, x: torch.Tensor, keep: torch.Tensor, batch) -> torch.Tensor:
+        keep = keep.reshape(-1, *([1] * (x.dim() - 1)))
+        h = enc(torch.where(keep, x, torch.zeros_like(x)))
+        if h.shape != (batch.batch_size, self.out_dim):
+            raise ValueError(
+                f"encoder of modality {name!r} returned shape {tuple(h.shape)}, expected "
+                f"({batch.batch_size}, {self.out_dim})"
+            )
+        return h
 
 
 class AggregationGuide(MultimodalGuide):

@@ -30,6 +30,7 @@ from pyro.poutine.util import site_is_subsample
 from ..data.batch import MultimodalBatch, Subset
 from ..data.validation import validate_for
 from ..distributions.detach import detach_distribution
+from ..nn.shared_encodings import shared_encodings
 from ..sites import (
     DATA_PLATE,
     LATENT_SITE,
@@ -228,8 +229,14 @@ def draw_subset_terms(
     replay the guide with subset S on z_M (part ``"cross"``, needs ``"M"``).
 
     ``subset`` must already be per-row masks within presence (``batch.subset_mask(...)``).
-    ``batch`` is validated as in :func:`run_pair`.
+    ``batch`` is validated as in :func:`run_pair`. The three guide runs share one encoding of each
+    modality (:func:`~pyro_mmvae.nn.shared_encodings.shared_encodings`).
     """
+    with shared_encodings():
+        return _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, weights, parts)
+
+
+def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, weights, parts) -> SubsetDraw:
     batch = validate_for(batch, model, guide)
     parts = set(parts)
     unknown = parts - {"S", "M", "cross"}

@@ -1,0 +1,140 @@
+"""Time one training step of the masked objective at the permutation-invariant paper's settings.
+
+One step is what ``fit`` does per batch: zero the gradients, the loss, backward, element-wise clipping,
+an Adam step. The settings are those of ``pyro_mmvae.experiments.pi_tables`` (data, networks, batch size,
+learning rate): Table 2 (dense, SumPooling, masked), Table 3 (SumPooling and PoE, masked, one particle)
+and Table 4 (SumPooling, η = 0.5). Each setting is timed with the guide runs of a step sharing one
+encoding per modality (the default, :mod:`pyro_mmvae.nn.shared_encodings`) and without, in alternating
+rounds so that machine noise hits both alike; medians over rounds of ``--steps`` steps.
+
+    python benchmarks/train_step.py [--steps 30] [--rounds 7] [--threads 1] [--out benchmarks/results/train_step_cpu]
+
+Last line: ``masked_step_ms_table3_sumpooling=<median ms>`` (shared encodings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_mmvae.data import iterate_batches
+from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, build_model, make_data
+from pyro_mmvae.experiments.pi_tables.settings import FULL, Row
+from pyro_mmvae.nn.shared_encodings import no_shared_encodings
+from pyro_mmvae.train.loop import clip_gradients
+from pyro_mmvae.utils import atomic_write, atomic_write_json, command_line, run_record, set_seed
+
+# (key, table, section, aggregator, the authors' jitted JAX step in ms measured on this machine)
+SETTINGS = [
+    ("table2_dense_sumpooling", 2, "dense", "SumPooling", 106.0),
+    ("table3_poe", 3, "main", "PoE", 2.0),
+    ("table4_sumpooling_eta0.5", 4, "eta=0.5", "SumPooling", None),
+    ("table3_sumpooling", 3, "main", "SumPooling", 7.8),
+]
+
+
+def build(table: int, section: str, aggregator: str):
+    """Model, guide, objective, optimizer and a list of batches of one setting."""
+    settings = FULL[table]
+    data = make_data(table, section, 0, settings.num_train, settings.num_test, 500)
+    row = Row(aggregator, aggregator)
+    set_seed(0)
+    mods = data.modalities
+    model, guide = build_model(table, row, mods), build_guide(table, row, mods)
+    elbo = build_elbo("masked", "paper")
+    params = [*model.parameters(), *guide.parameters()]
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    batches = list(iterate_batches(data.train, settings.batch_size, shuffle=True, seed=0))
+    return model, guide, elbo, opt, params, batches, settings
+
+
+def time_steps(setup, steps: int, shared: bool) -> float:
+    """Median ms of ``steps`` training steps."""
+    model, guide, elbo, opt, params, batches, settings = setup
+    times = []
+    ctx = contextlib.nullcontext() if shared else no_shared_encodings()
+    with ctx:
+        for i in range(steps):
+            batch = batches[i % len(batches)]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = elbo.differentiable_loss(model, guide, batch)
+            loss.backward()
+            clip_gradients(params, True, settings.clip, None)
+            opt.step()
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=30, help="steps per round")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (shared / not shared)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    record = run_record(command_line("benchmarks/train_step.py", argv), "cpu", args.threads)
+    print(f"machine: {record['machine']}")
+    rows = []
+    for key, table, section, aggregator, jax_ms in SETTINGS:
+        setup = build(table, section, aggregator)
+        time_steps(setup, 5, True)  # warm-up
+        shared, unshared = [], []
+        for _ in range(args.rounds):
+            shared.append(time_steps(setup, args.steps, True))
+            unshared.append(time_steps(setup, args.steps, False))
+        row = {
+            "setting": key,
+            "batch_size": FULL[table].batch_size,
+            "shared_ms": statistics.median(shared),
+            "unshared_ms": statistics.median(unshared),
+            "speedup": statistics.median(u / s for u, s in zip(unshared, shared)),
+            "authors_jax_ms": jax_ms,
+        }
+        rows.append(row)
+        print(
+            f"{key}: {row['shared_ms']:.2f} ms shared encodings, {row['unshared_ms']:.2f} ms without "
+            f"(x{row['speedup']:.2f}); authors' jitted JAX step: "
+            + ("not measured" if jax_ms is None else f"{jax_ms} ms")
+        )
+    last = next(r for r in rows if r["setting"] == "table3_sumpooling")
+    line = f"masked_step_ms_table3_sumpooling={last['shared_ms']:.2f}"
+    if args.out is not None:
+        result = {**record, "steps": args.steps, "rounds": args.rounds, "rows": rows}
+        atomic_write_json(args.out.with_suffix(".json"), result)
+        table = ["| setting | batch | shared encodings (ms) | without (ms) | speed-up | authors' JAX (ms) |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            jax = "—" if r["authors_jax_ms"] is None else f"{r['authors_jax_ms']:.1f}"
+            table.append(
+                f"| {r['setting']} | {r['batch_size']} | {r['shared_ms']:.2f} | {r['unshared_ms']:.2f} | "
+                f"{r['speedup']:.2f} | {jax} |"
+            )
+        text = "\n".join(
+            [
+                "# Masked-objective training step (permutation-invariant paper settings)",
+                "",
+                f"- command: `{result['command']}`",
+                f"- date: {record['date']}",
+                f"- machine: {record['machine']}",
+                f"- medians over {args.rounds} alternating rounds of {args.steps} steps",
+                "",
+                *table,
+                "",
+                line,
+                "",
+            ]
+        )
+        atomic_write(args.out.with_suffix(".md"), lambda f: f.write(text), binary=False)
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
