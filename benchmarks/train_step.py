@@ -8,6 +8,10 @@ encoding per modality (the default, :mod:`pyro_mmvae.nn.shared_encodings`) and w
 rounds so that machine noise hits both alike; medians over rounds of ``--steps`` steps.
 
     python benchmarks/train_step.py [--steps 30] [--rounds 7] [--threads 1] [--out benchmarks/results/train_step_cpu]
+        [--polymnist-root DIR]
+
+``--polymnist-root`` (a folder built by ``pyro-mmvae data build polymnist``) adds the reduced PolyMNIST
+SumPooling run's step (MoPoE's conv nets, D = 32, batch 64, masked objective).
 
 Last line: ``masked_step_ms_table3_sumpooling=<median ms>`` (shared encodings).
 """
@@ -53,6 +57,25 @@ def build(table: int, section: str, aggregator: str):
     return model, guide, elbo, opt, params, batches, settings
 
 
+def build_polymnist(root: Path):
+    """The reduced PolyMNIST SumPooling run's model, guide and objective (``pyro-mmvae train`` presets)."""
+    from pyro_mmvae.experiments import recipes
+    from pyro_mmvae.experiments.datasets import load_splits
+    from pyro_mmvae.experiments.runs import RunConfig, run_modalities
+
+    config = RunConfig(dataset="polymnist", data_root=str(root), model="sumpooling", nets="mopoe", latent_dim=32,
+                       beta=1.0, batch_size=64, train_size=640, val_size=0)  # fmt: skip
+    settings = config.settings()
+    set_seed(0)
+    mods = run_modalities("polymnist", settings)
+    model, guide, elbo = recipes.build_main_stage("sumpooling", "polymnist", mods, settings, "auto")
+    splits = load_splits("polymnist", str(root), train_size=640, val_size=0, seed=0)
+    params = [*model.parameters(), *guide.parameters()]
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    batches = list(iterate_batches(splits.train, 64, shuffle=True, seed=0))
+    return model, guide, elbo, opt, params, batches, None
+
+
 def time_steps(setup, steps: int, shared: bool) -> float:
     """Median ms of ``steps`` training steps."""
     model, guide, elbo, opt, params, batches, settings = setup
@@ -65,7 +88,8 @@ def time_steps(setup, steps: int, shared: bool) -> float:
             opt.zero_grad(set_to_none=True)
             loss = elbo.differentiable_loss(model, guide, batch)
             loss.backward()
-            clip_gradients(params, True, settings.clip, None)
+            if settings is not None:
+                clip_gradients(params, True, settings.clip, None)
             opt.step()
             times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
@@ -77,21 +101,26 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (shared / not shared)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
+    p.add_argument("--polymnist-root", type=Path, default=None, help="also time the reduced PolyMNIST SumPooling step")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = run_record(command_line("benchmarks/train_step.py", argv), "cpu", args.threads)
     print(f"machine: {record['machine']}")
     rows = []
-    for key, table, section, aggregator, jax_ms in SETTINGS:
-        setup = build(table, section, aggregator)
-        time_steps(setup, 5, True)  # warm-up
+    plan = [(key, lambda t=table, s=section, a=aggregator: build(t, s, a), FULL[table].batch_size, jax)
+            for key, table, section, aggregator, jax in SETTINGS]  # fmt: skip
+    if args.polymnist_root is not None:
+        plan.insert(0, ("polymnist_sumpooling_mopoe_nets", lambda: build_polymnist(args.polymnist_root), 64, None))
+    for key, make, batch_size, jax_ms in plan:
+        setup = make()
+        time_steps(setup, 2, True)  # warm-up
         shared, unshared = [], []
         for _ in range(args.rounds):
             shared.append(time_steps(setup, args.steps, True))
             unshared.append(time_steps(setup, args.steps, False))
         row = {
             "setting": key,
-            "batch_size": FULL[table].batch_size,
+            "batch_size": batch_size,
             "shared_ms": statistics.median(shared),
             "unshared_ms": statistics.median(unshared),
             "speedup": statistics.median(u / s for u, s in zip(unshared, shared)),
