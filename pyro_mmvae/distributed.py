@@ -30,6 +30,7 @@ __all__ = [
     "world",
     "init_from_env",
     "shutdown",
+    "check_joined",
     "shard_bounds",
     "rank_device",
     "DistributedError",
@@ -71,6 +72,18 @@ def world() -> World:
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def check_joined() -> None:
+    """Raise when ``torchrun`` started this process (``WORLD_SIZE`` > 1) but it has not joined the group.
+
+    Otherwise every process would train alone and all of them would write the same run folder.
+    """
+    if _env_world_size() > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise DistributedError(
+            f"this process was started by torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) but has not joined the "
+            "process group: call pyro_mmvae.distributed.init_from_env() before training"
+        )
 
 
 def _env_world_size() -> int:

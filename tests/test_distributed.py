@@ -56,6 +56,13 @@ def test_one_process_is_a_world_of_one():
     assert procs.on_main(lambda x: x + 1, 1) == 2
 
 
+def test_fit_refuses_to_run_alone_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, guide = ddp_program.build()
+    with pytest.raises(procs.DistributedError, match="init_from_env"):
+        ddp_program.fit(model, guide, ddp_program.dataset(), epochs=1, batch_size=16, progress=False)
+
+
 def test_data_parallel_shards_need_a_dataset_or_a_list():
     batch = MultimodalBatch({"a": torch.zeros(5, 2)})
     shares = list(DataSource([batch], "train_data").shards(5, False, 0, 0, rank=1, size=2))

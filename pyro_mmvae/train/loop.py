@@ -36,7 +36,7 @@ import torch
 
 from .. import __version__
 from ..data.validation import declared_modalities, prepare_batch
-from ..distributed import DistributedError, broadcast_object, rank_device, world
+from ..distributed import DistributedError, broadcast_object, check_joined, rank_device, world
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
 from ..utils import kill_point, resolve_device, set_seed, to_jsonable
@@ -130,6 +130,7 @@ def fit(
     if isinstance(model, FunctionModel) and not model.bound:  # adopt the networks its program registers
         model.bind(next(iter(train.batches(config.batch_size, shuffle=False, seed=config.seed, epoch=0))))
 
+    check_joined()
     w = world()
     dev = rank_device(resolve_device(config.device), w)
     model.to(dev)
