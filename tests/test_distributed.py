@@ -98,7 +98,7 @@ def test_a_killed_rank_stops_the_others_with_a_clear_error_and_resume_continues(
     proc = torchrun("ddp_program.py", tmp_path, 3, env=kill, check=False)
     assert proc.returncode != 0
     assert "rank 0:" in proc.stderr and "--resume" in proc.stderr, proc.stderr[-4000:]
-    assert "epoch 2" in proc.stderr
+    assert "at epoch 2, step 4 of that epoch (global step 11)" in proc.stderr  # rank 1 died after step 10
     saved = torch.load(tmp_path / "run" / "main" / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1  # the last checkpoint, intact
     # another world size: this one process continues the 2-process checkpoint (same objective, float32 rounding)

@@ -147,7 +147,7 @@ def fit(
         files=None if config.run_dir is None else StageFiles(config.run_dir, config.stage),
     )
     if w.distributed:
-        state.parallel = DataParallel(w, dev, lambda: _where(state, state.step))
+        state.parallel = DataParallel(w, dev, lambda: _where(state, state.epoch_start_step))
     saved = _open_stage(state)
     if saved is not None and state.finished:
         return _load_finished(state, saved)
@@ -425,7 +425,7 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
     config, optimizer, dp = state.config, state.optimizer, state.parallel
     params = [p for _, p in state.trained]
     loss_kwargs = dict(beta=beta, **config.loss_kwargs)
-    first_step = state.step
+    first_step = state.epoch_start_step = state.step
     state.loss_sum, state.loss_count = 0.0, 0
 
     def compute(batch):

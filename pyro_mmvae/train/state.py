@@ -121,6 +121,7 @@ class TrainingState:
     resumed_from: int | None = None
     loss_sum: float = 0.0
     loss_count: int = 0
+    epoch_start_step: int = 0  # ``step`` when the epoch in progress began (for messages)
     parallel: Any = None  # a DataParallel under torch.distributed with > 1 process, else None
 
     @property
