@@ -145,6 +145,13 @@ def _evaluate_parser(sub):
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     p.add_argument("--seed", type=int, default=0, help="seed of the generations")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--track",
+        choices=("mlflow", "wandb"),
+        default=None,
+        help="also upload the figures to the run's tracked run (the one 'train --track' started)",
+    )
+    p.add_argument("--track-uri", default=None, help="as for train (default: <run>/mlruns for MLflow)")
     p.set_defaults(func=cmd_evaluate)
     return p
 
@@ -363,6 +370,10 @@ def _evaluate(args, quiet: bool) -> int:
         _fail(err)
     if quiet:
         return 0
+    if args.track is not None:
+        from .train.tracking import run_tracker
+
+        run_tracker(args.track, args.run, args.track_uri).log_figures(sorted(Path(args.run).glob("*.png")))
     summary = {"per_size": result["coherence"]["per_size"], "joint_coherence": result["joint_coherence"]}
     print(json.dumps(summary))
     print(f"wrote {Path(args.run) / 'evaluation.json'}")
