@@ -267,16 +267,24 @@ def _fail(err: Exception):
     raise SystemExit(f"error: {err}") from None
 
 
-def cmd_train(args) -> int:
+def _in_process_group(command, args) -> int:
+    """``command(args, quiet)`` in the process group torchrun describes (a no-op without torchrun).
+
+    Only rank 0 prints; a failed peer ends every rank with ``error: ...``.
+    """
     from .distributed import DistributedError, init_from_env, shutdown
 
-    w = init_from_env(args.device)  # under torchrun: join the other processes (data-parallel training)
+    w = init_from_env(args.device)
     try:
-        return _train(args, quiet=not w.is_main)
+        return command(args, quiet=not w.is_main)
     except DistributedError as err:
         _fail(err)
     finally:
         shutdown()
+
+
+def cmd_train(args) -> int:
+    return _in_process_group(_train, args)  # under torchrun: data-parallel training
 
 
 def _train(args, quiet: bool) -> int:
@@ -322,15 +330,7 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def cmd_evaluate(args) -> int:
-    from .distributed import DistributedError, init_from_env, shutdown
-
-    w = init_from_env(args.device)  # under torchrun: share the coherence work between the processes
-    try:
-        return _evaluate(args, quiet=not w.is_main)
-    except DistributedError as err:
-        _fail(err)
-    finally:
-        shutdown()
+    return _in_process_group(_evaluate, args)  # under torchrun: the coherence work is shared
 
 
 def _evaluate(args, quiet: bool) -> int:

@@ -81,6 +81,7 @@ def stage_seed(run_seed: int, stage: str) -> int:
 
 
 KILL_ENV = "PYRO_MMVAE_KILL_AT"
+KILL_RANK_ENV = "PYRO_MMVAE_KILL_RANK"  # restricts KILL_ENV to the process of that RANK
 _kill_counts: dict[str, int] = {}
 
 
@@ -115,7 +116,7 @@ def kill_point(event: str, detail: str | None = None) -> None:
         raise ValueError(f"{KILL_ENV} must be '<event>[:<detail>]:<n>' with n >= 1, got {spec!r}")
     if name != event and (detail is None or name != f"{event}:{detail}"):
         return
-    rank = os.environ.get(KILL_ENV.replace("_AT", "_RANK"))
+    rank = os.environ.get(KILL_RANK_ENV)
     if rank is not None and rank != os.environ.get("RANK", "0"):
         return
     _kill_counts[spec] = _kill_counts.get(spec, 0) + 1

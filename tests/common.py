@@ -36,3 +36,17 @@ def assert_finite_nonzero_grads(params) -> None:
     assert grads, "no parameter received a gradient"
     assert all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().max() > 0 for g in grads)
+
+
+class Interrupt(Exception):
+    """Raised by :func:`interrupt_after`: a training run stopped from outside, mid-way."""
+
+
+def interrupt_after(epoch):
+    """An epoch-end callback that raises :class:`Interrupt` after epoch ``epoch``."""
+
+    def callback(row):
+        if row["epoch"] == epoch:
+            raise Interrupt
+
+    return callback

@@ -47,8 +47,8 @@ import torch
 import torch.distributed as dist
 
 from .. import distributed as procs
-from ..distributed import World, _collective, shard_bounds
-from ..utils import stage_seed
+from ..distributed import World, _collective
+from ..utils import set_seed, stage_seed
 
 
 class DataParallel:
@@ -66,22 +66,17 @@ class DataParallel:
         # gloo reduces CPU tensors; NCCL needs them on the rank's GPU
         self.comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def shard(self, n: int) -> tuple[int, int]:
-        return shard_bounds(n, self.world.rank, self.world.size)
-
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """One random stream per rank and epoch (see the module docstring on resuming)."""
-        from ..utils import set_seed
-
         set_seed(stage_seed(int(seed), f"epoch{epoch}/rank{self.world.rank}"))
 
     def broadcast_parameters(self, modules: Iterable[torch.nn.Module]) -> None:
         """Give every rank rank 0's parameters and buffers."""
         for module in modules:
             for t in [*module.parameters(), *module.buffers()]:
-                buf = t.detach().to(self.comm_device)
+                buf = t.detach().to(self.comm_device)  # t's own storage when already on the comm device
                 _collective("broadcast", lambda b=buf: dist.broadcast(b, src=0), self.where)
-                if buf is not t:
+                if buf.data_ptr() != t.data_ptr():
                     with torch.no_grad():
                         t.copy_(buf.to(t.device))
 

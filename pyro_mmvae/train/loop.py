@@ -36,7 +36,7 @@ import torch
 
 from .. import __version__
 from ..data.validation import declared_modalities, prepare_batch
-from ..distributed import DistributedError, broadcast_object, check_joined, rank_device, world
+from ..distributed import DistributedError, broadcast_object, check_joined, on_main, rank_device, world
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
 from ..utils import kill_point, resolve_device, set_seed, to_jsonable
@@ -239,16 +239,7 @@ def _open_stage(state: TrainingState) -> dict | None:
     Under data parallelism rank 0 alone touches the files and sends the checkpoint (or its error) to
     the other ranks.
     """
-    saved, error = None, None
-    if state.files is not None and state.is_main:
-        try:
-            saved = _read_stage(state)
-        except Exception as err:  # re-raised on every rank below
-            error = err
-    if state.parallel is not None:
-        saved, error = broadcast_object((saved, error))
-    if error is not None:
-        raise error
+    saved = None if state.files is None else on_main(_read_stage, state)
     if saved is not None:
         _adopt_checkpoint(state, saved)
     return saved

@@ -17,6 +17,7 @@ from pyro_mmvae.train import NonFiniteLossError, fit, load_stage
 from pyro_mmvae.train.checkpoint import CheckpointMismatchError, load_checkpoint
 from pyro_mmvae.train.loop import clip_gradients
 from pyro_mmvae.train.schedules import CosineLR, LinearAnnealing
+from tests.common import Interrupt, interrupt_after
 
 LINEAR = (Modality("a", (3,), likelihood="normal", scale=0.1), Modality("b", (2,), likelihood="normal", scale=0.1))
 
@@ -47,18 +48,6 @@ def assert_states_equal(a, b):
         assert sa.keys() == sb.keys()
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_after(epoch):
-    def callback(row):
-        if row["epoch"] == epoch:
-            raise Interrupt
-
-    return callback
 
 
 COMMON = dict(batch_size=32, lr=1e-2, progress=False)

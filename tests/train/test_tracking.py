@@ -17,6 +17,7 @@ from pyro_mmvae.guides import JointGuide
 from pyro_mmvae.models import MultimodalVAE
 from pyro_mmvae.train import fit
 from pyro_mmvae.train.tracking import METRIC_COLUMNS, TRACKING_FILE, MLflowLogger, WandbLogger, flatten, tracker
+from tests.common import Interrupt, interrupt_after
 
 MODS = (Modality("a", (3,), likelihood="normal", scale=0.1), Modality("b", (2,), likelihood="normal", scale=0.1))
 
@@ -49,18 +50,6 @@ def train(run_dir, callbacks, stage="main", **settings):
         callbacks=callbacks,
         **settings,
     )
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_after(epoch):
-    def callback(row):
-        if row["epoch"] == epoch:
-            raise Interrupt
-
-    return callback
 
 
 @pytest.fixture
