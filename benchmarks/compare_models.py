@@ -94,6 +94,8 @@ def run_config(args, model: str) -> RunConfig:
         batch_size=args.batch_size,
         latent_dim=args.latent_dim,
         base_channels=args.base_channels,
+        nets=args.nets,
+        beta=args.beta,
         anneal_epochs=scaled_warmup(args.dataset, model, args.epochs),
         seed=args.seed,
         device=args.device,
@@ -344,7 +346,8 @@ def markdown_report(record: dict, rows: list[dict], note_lines: list[str]) -> st
         f"pyro {m['pyro']}, {m['threads']} torch thread(s), device {m['device']}",
         f"- budget (every model): train rows {a['train_size'] or 'all'} (validation {a['val_size']}), "
         f"epochs {a['epochs'] or 'preset'} per stage, batch {a['batch_size'] or 'preset'}, seed {a['seed']}, "
-        f"latent size {latent}, base channels {a['base_channels'] or 'published'}",
+        f"latent size {latent}, networks {a.get('nets') or 'published'}, "
+        f"base channels {a['base_channels'] or 'published'}, β {a.get('beta') or 'preset'}",
         f"- evaluation: {a['num_points']} test points, {a['num_prior']} prior samples, IS log-likelihood with "
         f"{a['llh_particles']} particles (nats per point), subset sizes {a['subset_sizes'] or 'all'}, "
         f"JNF subset-posterior HMC warm-up {a['mcmc_warmup']}, FID "
@@ -374,6 +377,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="default: the dataset preset")
     p.add_argument("--latent-dim", type=int, default=None, help="shared z size of every model (default: presets)")
     p.add_argument("--base-channels", type=int, default=None, help="PolyMNIST ResNet width (default: published)")
+    p.add_argument("--nets", default=None, help="PolyMNIST networks: 'mmvaeplus' ResNets (published) or 'mopoe'")
+    p.add_argument("--beta", type=float, default=None, help="KL weight of every model (default: each preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-points", type=int, default=1_000, help="test points evaluated")
     p.add_argument("--num-prior", type=int, default=1_000, help="prior samples for joint coherence / FID")

@@ -203,13 +203,16 @@ def partial_view_mask(
     rng: np.random.Generator,
     tol: float = 0.005,
     max_tries: int = 10_000,
+    keep_prob: float | None = None,
 ) -> np.ndarray:
     """Missing-completely-at-random views with at least one view per row (CPM-Nets style), bool ``(N, M)``.
 
-    Each row keeps one uniformly chosen view; every other view is kept independently with
-    probability p = ((1 − η) M − 1) / (M − 1), so the expected observed fraction is 1 − η. Draws
-    are repeated until the realised fraction is within ``tol`` of 1 − η. η = 0 observes everything;
-    η = 1 − 1/M keeps exactly one view per row; larger η is impossible and raises.
+    Each row keeps one uniformly chosen view; every view is also kept independently with
+    probability p = ((1 − η) M − 1) / (M − 1), so the expected observed fraction is 1 − η, or with
+    ``keep_prob`` when given (the published Table 4 code truncates p to whole percent: 0.33 for
+    M = 4, η = 0.5). Draws are repeated until the realised fraction is within ``tol`` of 1 − η.
+    η = 0 observes everything; η = 1 − 1/M keeps exactly one view per row; larger η is impossible
+    and raises.
     """
     eta = float(missing_rate)
     if not 0.0 <= eta < 1.0:
@@ -222,13 +225,22 @@ def partial_view_mask(
         )
     if eta == 0.0:
         return np.ones((num_rows, num_views), dtype=bool)
-    p = max((keep_frac * num_views - 1.0) / (num_views - 1.0), 0.0) if num_views > 1 else 0.0
+    if keep_prob is None:
+        p = max((keep_frac * num_views - 1.0) / (num_views - 1.0), 0.0) if num_views > 1 else 0.0
+    elif not 0.0 <= keep_prob <= 1.0:
+        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
+    else:
+        p = float(keep_prob)
     for _ in range(max_tries):
         mask = np.eye(num_views, dtype=bool)[rng.integers(num_views, size=num_rows)]
         mask |= rng.random((num_rows, num_views)) < p
         if p == 0.0 or abs(mask.mean() - keep_frac) < tol:
             return mask
-    raise RuntimeError(f"no mask within {tol} of observed fraction {keep_frac} in {max_tries} draws (N too small?)")
+    expected = 1 / num_views + (1 - 1 / num_views) * p
+    raise RuntimeError(
+        f"no mask within {tol} of observed fraction {keep_frac} with keep probability {p:.4f} in {max_tries} "
+        f"draws (expected fraction {expected:.4f}; N too small?)"
+    )
 
 
 def _clustered_sources(rng, num_clusters: int, per_cluster: int, dim: int):

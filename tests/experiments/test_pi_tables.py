@@ -135,7 +135,9 @@ def test_published_numbers_are_the_package_data_file():
     for t, sections in PUBLISHED.items():
         assert set(sections) <= {sec.name for sec in LAYOUT[t]}
         for sec_name, rows in sections.items():
-            labels = {r.label for sec in LAYOUT[t] if sec.name == sec_name for r in sec.rows}
+            # every published row is the published_label of a row of ours (of the PoE rows: the paper-mean one)
+            layout = [r for sec in LAYOUT[t] if sec.name == sec_name for r in sec.rows]
+            labels = {r.published_label for r in layout if r.published_label is not None}
             assert set(rows) == labels, (t, sec_name)
             for cells in rows.values():
                 assert set(cells) == set(OBJECTIVES)

@@ -8,17 +8,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...utils import atomic_write, run_record, to_jsonable
-from .claims import check_claims, compare_to_published, summarise
+from .claims import check_claims, compare_to_published, published_row, summarise
 from .published import PUBLISHED
 from .settings import (
+    FIRST_SEED,
     FULL,
     FULL_COND_DRAWS,
     LAYOUT,
+    MCC_COMPONENTS,
     METRICS,
     OBJECTIVE_TITLES,
     OBJECTIVES,
+    PAPER_MEAN_POE,
     QUICK_COND_DRAWS,
+    SECONDARY_METRICS,
     TABLE_TITLES,
+    TRUE_LLH_TABLES,
+    VIEW_KEEP_PROB,
     TableSettings,
     settings_note,
 )
@@ -50,8 +56,14 @@ def _bool(b) -> str:
     return {True: "yes", False: "**no**", None: "n/a"}[b]
 
 
-def reasons(table: int, mode: str, settings: TableSettings) -> list[str]:
-    """Likely reasons why our numbers differ from the published ones (written per table)."""
+def reasons(table: int, mode: str, settings: TableSettings, options=None) -> list[str]:
+    """Likely reasons why our numbers differ from the published ones (written per table).
+
+    ``options``: the run's :class:`runner.RunOptions` (default ones when None).
+    """
+    generator = getattr(options, "generator", "library")
+    keep_prob = getattr(options, "view_keep_prob", None) if options is not None else VIEW_KEEP_PROB
+    cond_draws = getattr(options, "cond_draws", QUICK_COND_DRAWS if mode == "quick" else FULL_COND_DRAWS)
     full = FULL[table]
     out = []
     if settings.epochs < full.epochs:
@@ -73,15 +85,44 @@ def reasons(table: int, mode: str, settings: TableSettings) -> list[str]:
             f"data size differs (N train {settings.num_train}, N test {settings.num_test}; full: {full.num_train}, "
             f"{full.num_test}); summed LLHs scale with N"
         )
-    return out + _table_reasons(table, mode)
+    return out + _table_reasons(table, mode, generator, keep_prob, cond_draws)
 
 
-def _table_reasons(table: int, mode: str) -> list[str]:
+_POE_REASON = (
+    f"the row `PoE` uses the correct Gaussian-product mean Σ(μ_s/v_s)/P and has no published counterpart; "
+    f"`{PAPER_MEAN_POE}` uses Σ μ_s v_s / P (the paper's §3 formula and the published code's) and is the row "
+    "compared with the published PoE numbers; the claims read `PoE`"
+)
+_MCC_REASON = (
+    f"MCC: `mcc` is the CCA 'weak_out' score of the first canonical pair (n_components = {MCC_COMPONENTS}), as the "
+    "published scripts (compute_mcc(..., cca_dim=1), sklearn CCA); all pairs are reported as `mcc_all_pairs`; the weak "
+    "score correlates with Pearson where the published mcc.py's default is the randomized dependence coefficient"
+)
+_TRUE_LLH_REASON = (
+    "a summed LLH depends strongly on the dataset drawn: compare the gap to the true model (secondary metrics) and "
+    "the per-seed true-model LLH above rather than the LLH level"
+)
+
+
+def _generator_reason(generator: str) -> str:
+    if generator == "authors":
+        return (
+            "data: the published scripts' exact datasets (legacy NumPy RandomState seeded with the seed, float32, "
+            f"seeds from {FIRST_SEED['authors']}); bit-identical with the same NumPy/BLAS build"
+        )
+    return (
+        "data: the library generator (numpy default_rng, seeds from 0) draws other datasets of the same law than the "
+        "published scripts (legacy RandomState, seeds from 1); `--generator authors` reproduces theirs"
+    )
+
+
+def _table_reasons(
+    table: int, mode: str, generator: str = "library", keep_prob=VIEW_KEEP_PROB, cond_draws: int = FULL_COND_DRAWS
+) -> list[str]:
     """The per-table part of :func:`reasons`: assumptions and known deviations of our set-up."""
     if table == 1:
         return [
-            "the PoE uses the correct Gaussian-product mean Σ(μ_s/v_s)/P; the published PoE row diverged (~1e35) "
-            "with the paper's formula Σ μ_s v_s / P (run with --poe-mean paper to use it)",
+            _POE_REASON + "; the published PoE row diverged (~1e35)",
             "N = 5000 and the Table 2 architectures/constants are assumptions (the paper gives neither for Table 1)",
             "rates and distortions use one sample per point and S drawn from the training mask law (uniform over "
             "subsets, S = ∅ included); the paper does not say how S was drawn for the table",
@@ -89,21 +130,42 @@ def _table_reasons(table: int, mode: str) -> list[str]:
     if table == 2:
         return [
             "PoE/MoE encoders have 256 hidden units (spec; the paper's Table 15 says 512)",
-            "MCC is the closed-form CCA 'weak_out' score with all canonical pairs (the published scripts used "
-            "sklearn CCA); the LLH gap is measured against the PPCA MLE with D = 30 factors",
+            _MCC_REASON + "; the published Gaussian script computes no MCC, so the protocol behind Table 2's MCC is an "
+            "assumption",
+            "the LLH gap is measured against the PPCA MLE with D = 30 factors; the published script evaluates the "
+            "learned and the true model with the MLE noise variance instead of the decoder's",
+            _POE_REASON,
             "the sparse part's private-latent encoders are not in the published code; our sizes follow the spec",
+            _generator_reason("library") + " (Table 2's published script draws with JAX's PRNG: not reproduced)",
         ]
     if table == 3:
-        return ["MCC (β = 0.1) columns of the paper are not reproduced (β = 1 only)"]
+        return [
+            "MCC (β = 0.1) columns of the paper are not reproduced (β = 1 only)",
+            _generator_reason(generator),
+            _TRUE_LLH_REASON,
+            _MCC_REASON,
+            _POE_REASON,
+        ]
+    if generator == "authors":
+        masks = "missing views drawn by the published code's CPM-Nets procedure (extra views kept w.p. 0.33 mostly)"
+    elif keep_prob is None:
+        masks = "missing views: every view beyond the one a row keeps is kept w.p. 1/3 (the published code: 0.33)"
+    else:
+        same = " as the published code" if keep_prob == VIEW_KEEP_PROB else f" (the published code: {VIEW_KEEP_PROB:g})"
+        masks = f"missing views: every view beyond the one a row keeps is kept w.p. {keep_prob:g}{same}"
     out = [
+        _generator_reason(generator),
+        masks,
+        _MCC_REASON,
+        _POE_REASON,
         "M = 4 modalities (the published code; the paper text says 5); the train/test split is the unshuffled "
         "one of the published code (test = half of cluster 2 and clusters 3-4), so the test LLH measures "
         "generalisation to clusters barely seen in training",
         "MCC is computed on the test set; MoE/SumPooling/SelfAttention σ floor 5e-4 (spec, 5-modality setting)",
     ]
-    if mode == "quick":
+    if cond_draws < FULL_COND_DRAWS:
         out.append(
-            f"the mixing matrices' conditioning reference uses {QUICK_COND_DRAWS} instead of "
+            f"the mixing matrices' conditioning reference uses {cond_draws} instead of "
             f"{FULL_COND_DRAWS} random draws (a slightly different data-generating process)"
         )
     return out
@@ -148,7 +210,10 @@ def _markdown_header(report: dict) -> list[str]:
         f"with 2 workers on 2 otherwise idle cores; load average (1/5/15 min) when written: {m['load_average']} "
         "(the machine is shared: wall times above include waiting for other processes)",
         f"- configurations: {report['num_configurations']} ({report['num_done']} done); mask sampler "
-        f"`{report['mask_sampler']}`, PoE mean `{report['poe_mean']}`, β = 1, STL, L = 1",
+        f"`{report['mask_sampler']}`, β = 1, STL, L = 1; PoE rows with the mean(s) {report['poe_means']} "
+        f"(`correct`: Σ(μ/v)/P, `paper`: Σμv/P)",
+        f"- data generator `{report['generator']}` (seeds from {FIRST_SEED[report['generator']]}); Table 4 "
+        f"extra-view keep probability {_keep_text(report)}",
         "",
         "## Settings",
         "",
@@ -169,8 +234,39 @@ def _markdown_header(report: dict) -> list[str]:
     return lines + ["", report["settings_note"], ""]
 
 
+def _keep_text(report: dict) -> str:
+    if report["generator"] == "authors":
+        return "as the published code's CPM-Nets procedure draws it (0.33 in most draws)"
+    p = report["view_keep_prob"]
+    return "1/3 (the library's partial_view_mask)" if p is None else f"{p:g}"
+
+
+def _grid(t: int, sec_name: str, rows: dict, metrics: dict, flagged: set, published: bool) -> list[str]:
+    """A markdown grid row × (metric, objective): ours as mean (std), ⟨published⟩ and † when ``published``."""
+    header = ["row"] + [f"{title} — {OBJECTIVE_TITLES[obj]}" for title, _ in metrics.values() for obj in OBJECTIVES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, cells in rows.items():
+        pub_row = (published_row(t, sec_name, label) or {}) if published else {}
+        line = [label]
+        for metric in metrics:
+            for obj in OBJECTIVES:
+                c = cells.get(obj, {}).get(metric)
+                txt = "—" if c is None else format_number(c["mean"], c["std"] if c["n"] > 1 else None)
+                if c is not None and c["failed"]:
+                    txt += f" [{c['failed']} failed]"
+                if (label, obj, metric) in flagged:
+                    txt += " †"
+                pub = pub_row.get(obj, {}).get(metric)
+                if pub is not None:
+                    txt += f" ⟨{format_number(pub[0], pub[1])}⟩"
+                line.append(txt)
+        lines.append("| " + " | ".join(line) + " |")
+    return lines + [""]
+
+
 def _markdown_table(t: int, tab: dict) -> list[str]:
-    """One table's section: a grid per section (ours ⟨published⟩), run status, claims, differences."""
+    """One table's section: a grid per section (ours ⟨published⟩), secondary metrics, the true model's
+    log-likelihood per seed, run status, claims, differences."""
     lines = [
         f"## {TABLE_TITLES[t]}",
         "",
@@ -178,30 +274,18 @@ def _markdown_table(t: int, tab: dict) -> list[str]:
         "published value by more than the standard deviations (see below).",
         "",
     ]
-    metrics = METRICS[t]
     for sec_name, rows in tab["sections"].items():
         sec = next(s for s in LAYOUT[t] if s.name == sec_name)
-        pub_sec = PUBLISHED.get(t, {}).get(sec_name, {})
         lines += [f"### {sec.title}", ""]
-        header = ["row"] + [f"{title} — {OBJECTIVE_TITLES[obj]}" for title, _ in metrics.values() for obj in OBJECTIVES]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         flagged = {(d["row"], d["objective"], d["metric"]) for d in tab["differences"] if d["section"] == sec_name}
-        for label, cells in rows.items():
-            line = [label]
-            for metric in metrics:
-                for obj in OBJECTIVES:
-                    c = cells.get(obj, {}).get(metric)
-                    txt = "—" if c is None else format_number(c["mean"], c["std"] if c["n"] > 1 else None)
-                    if c is not None and c["failed"]:
-                        txt += f" [{c['failed']} failed]"
-                    if (label, obj, metric) in flagged:
-                        txt += " †"
-                    pub = pub_sec.get(label, {}).get(obj, {}).get(metric)
-                    if pub is not None:
-                        txt += f" ⟨{format_number(pub[0], pub[1])}⟩"
-                    line.append(txt)
-            lines.append("| " + " | ".join(line) + " |")
-        lines.append("")
+        lines += _grid(t, sec_name, rows, METRICS[t], flagged, published=True)
+        true_llh = tab.get("true_llh", {}).get(sec_name)
+        if true_llh:
+            per_seed = "; ".join(f"seed {seed}: {format_number(v)}" for seed, v in true_llh.items())
+            lines += [f"True-model log-likelihood of the data (sum, ×10³ nats) per seed: {per_seed}.", ""]
+        if SECONDARY_METRICS[t]:
+            lines += ["Secondary metrics (no published counterpart):", ""]
+            lines += _grid(t, sec_name, rows, SECONDARY_METRICS[t], set(), published=False)
         status = tab["status"].get(sec_name, {})
         if status:
             lines += [
@@ -234,12 +318,15 @@ def _markdown_table(t: int, tab: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def table_report(t: int, name: str, settings: TableSettings, results: dict, plan) -> dict:
-    """One table's entry of the report: summaries per section/row/objective, run status, claims, differences."""
-    sections, status = {}, {}
+def table_report(t: int, name: str, settings: TableSettings, results: dict, plan, options=None) -> dict:
+    """One table's entry of the report: summaries per section/row/objective (``METRICS`` and
+    ``SECONDARY_METRICS``), the true-model log-likelihood per section and seed (Tables 1-3), run status,
+    claims, differences."""
+    sections, status, true_llh = {}, {}, {}
     for sec in LAYOUT[t]:
         rows = {}
         st: dict = {}
+        seeds_llh: dict = {}
         for row in sec.rows:
             cells = {}
             for obj in OBJECTIVES:
@@ -247,14 +334,21 @@ def table_report(t: int, name: str, settings: TableSettings, results: dict, plan
                 done = [r for r in rs if r is not None]
                 if not done:
                     continue
-                for r in done:
+                for seed, r in zip(settings.seeds, rs, strict=True):
+                    if r is None:
+                        continue
                     st[r["status"]] = st.get(r["status"], 0) + 1
-                cells[obj] = {m: summarise([r["metrics"].get(m) for r in done]) for m in METRICS[t]}
-                if t in (2, 3, 4):
-                    cells[obj]["mcc_strong"] = summarise([r["metrics"].get("mcc_strong") for r in done])
+                    v = r["metrics"].get("true_llh")
+                    if t in TRUE_LLH_TABLES and v is not None:
+                        seeds_llh.setdefault(seed, v)
+                cells[obj] = {
+                    m: summarise([r["metrics"].get(m) for r in done]) for m in (*METRICS[t], *SECONDARY_METRICS[t])
+                }
                 cells[obj]["seeds_done"] = len(done)
             if cells:
                 rows[row.label] = cells
+        if seeds_llh:
+            true_llh[sec.name] = dict(sorted(seeds_llh.items()))
         if rows:
             sections[sec.name] = rows
             pending = sum(1 for job in plan if job.table == t and job.section.name == sec.name) - sum(st.values())
@@ -271,13 +365,15 @@ def table_report(t: int, name: str, settings: TableSettings, results: dict, plan
     return {
         "title": TABLE_TITLES[t],
         "metrics": {k: {"title": v[0], "higher_is_better": v[1]} for k, v in METRICS[t].items()},
+        "secondary_metrics": {k: {"title": v[0], "higher_is_better": v[1]} for k, v in SECONDARY_METRICS[t].items()},
         "sections": sections,
+        "true_llh": true_llh,
         "status": status,
         "claims": check_claims(t, metric_cells),
         "claims_published": check_claims(t, PUBLISHED[t]),
         "published": PUBLISHED[t],
         "differences": compare_to_published(t, metric_cells),
-        "reasons": reasons(t, name, settings),
+        "reasons": reasons(t, name, settings, options),
     }
 
 
@@ -288,7 +384,7 @@ def build_report(name: str, settings: dict[int, TableSettings], results: dict, p
     ``results``: ``{(table, section, row, objective, seed): result}`` of :func:`runner.run_configuration`;
     ``options``: the run's :class:`runner.RunOptions`.
     """
-    tables = {str(t): table_report(t, name, s, results, plan) for t, s in settings.items()}
+    tables = {str(t): table_report(t, name, s, results, plan, options) for t, s in settings.items()}
     report = {
         "name": name,
         **run_record(command, device=options.device, threads=options.threads, workers=options.workers),
@@ -302,10 +398,12 @@ def build_report(name: str, settings: dict[int, TableSettings], results: dict, p
         "num_done": len(results),
         "num_cached": sum(1 for r in results.values() if r.get("cached")),
         "mask_sampler": options.mask_sampler,
-        "poe_mean": options.poe_mean,
+        "generator": options.generator,
+        "view_keep_prob": options.view_keep_prob,
+        "poe_means": sorted({job.row.poe_mean for job in plan if job.row.aggregator == "PoE"}),
         "settings": {str(t): asdict(s) for t, s in settings.items()},
         "full_settings": {str(t): asdict(FULL[t]) for t in settings},
-        "settings_note": settings_note(name),
+        "settings_note": settings_note(name, options.cond_draws),
         "tables": tables,
     }
     return to_jsonable(report)

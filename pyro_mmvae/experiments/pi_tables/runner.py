@@ -23,18 +23,38 @@ from tqdm import tqdm
 from ...train import NonFiniteLossError, fit
 from ...utils import atomic_write_json, set_seed, to_jsonable
 from .builders import build_elbo, build_guide, build_model, make_data
-from .evaluation import evaluate
+from .evaluation import data_metrics, evaluate
 from .report import build_report, format_number, write_outputs
-from .settings import FULL_COND_DRAWS, LAYOUT, METRICS, Row, Section, TableSettings, find_row, find_section
+from .settings import (
+    FULL_COND_DRAWS,
+    GENERATORS,
+    LAYOUT,
+    METRICS,
+    SECONDARY_METRICS,
+    VIEW_KEEP_PROB,
+    Row,
+    Section,
+    TableSettings,
+    find_row,
+    find_section,
+)
+
+# Version of the metrics a result.json holds. A finished configuration whose stored metrics are older is
+# evaluated again from its final checkpoint (no training). 2: one-pair MCC (+ all pairs), true-model LLH.
+EVALUATION_VERSION = 2
+# Key fields added after results were first stored, with the value every older result was computed with.
+KEY_DEFAULTS = {"poe_mean": "correct", "generator": "library", "view_keep_prob": None}
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options shared by every configuration of a run (the first three are part of a configuration's key)."""
+    """Options shared by every configuration of a run (``mask_sampler``, ``cond_draws``, ``generator`` and
+    ``view_keep_prob`` are part of a configuration's key; a PoE row's mean is part of the row)."""
 
     mask_sampler: str = "uniform"  # how the training masks S are drawn ("uniform": each modality kept w.p. ½)
-    poe_mean: str = "correct"  # "correct" Gaussian-product mean or the published "paper" formula
     cond_draws: int = FULL_COND_DRAWS  # Table 4 mixing-matrix conditioning reference draws
+    generator: str = "library"  # "library" (default_rng) or "authors" (the published scripts' datasets, Tables 3-4)
+    view_keep_prob: float | None = VIEW_KEEP_PROB  # Table 4, library generator: extra-view keep probability
     device: str = "auto"
     threads: int = 1  # torch CPU threads per process
     workers: int = 1  # configurations trained in parallel processes
@@ -58,9 +78,24 @@ class Job:
         return (self.table, self.section.name, self.row.label, self.objective, self.seed)
 
 
-def run_folder(runs_dir: str | Path, table: int, section: str, row: str, objective: str, seed: int) -> Path:
-    """``<runs_dir>/table<t>/<section>/<row>/<objective>/seed<s>`` (names made file-system safe)."""
-    return Path(runs_dir) / f"table{table}" / _slug(section) / _slug(row) / objective / f"seed{seed}"
+def run_folder(
+    runs_dir: str | Path, table: int, section: str, row: str, objective: str, seed: int, tag: str = ""
+) -> Path:
+    """``<runs_dir>/table<t>/<section>/<row>/<objective>/seed<s>`` (names made file-system safe).
+
+    Data other than the library generator's default for the same seed get their own folder,
+    ``<tag>-seed<s>`` (``tag`` from :func:`data_tag`), so no run resumes a checkpoint trained on other data.
+    """
+    leaf = f"seed{seed}" if not tag else f"{_slug(tag)}-seed{seed}"
+    return Path(runs_dir) / f"table{table}" / _slug(section) / _slug(row) / objective / leaf
+
+
+def data_tag(generator: str = "library", view_keep_prob: float | None = None) -> str:
+    """``""`` for the library generator's default data, else e.g. ``"authors"`` or ``"keep0.33"``."""
+    parts = [] if generator == "library" else [generator]
+    if view_keep_prob is not None:
+        parts.append(f"keep{view_keep_prob:g}")
+    return "-".join(parts)
 
 
 def run_configuration(
@@ -78,12 +113,19 @@ def run_configuration(
     ``section`` and ``row`` may be given by name/label (``run_configuration(3, "main", "SumPooling",
     "masked", 0, table_settings(3, quick=True))``). Returns the stored result: ``key``, ``status``
     (``"finished"``, ``"diverged"`` or ``"failed"``), ``metrics`` (NaN → None), ``metric_errors``,
-    timings, and ``cached`` (whether it was read back instead of computed).
+    timings, ``evaluation`` (:data:`EVALUATION_VERSION`), and ``cached`` (whether it was read back
+    instead of computed). A stored finished result with older metrics is evaluated again from the
+    run's final checkpoint (``fit`` reloads it without training).
     """
     options = options or RunOptions()
+    if options.generator not in GENERATORS:
+        raise ValueError(f"unknown generator {options.generator!r}; expected one of {GENERATORS}")
     section = find_section(table, section)
     row = find_row(section, row)
-    run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed)
+    # the keep probability shapes Table 4's partially observed data only (the authors' generator has its own)
+    keep_prob = options.view_keep_prob if table == 4 and section.eta and options.generator == "library" else None
+    tag = data_tag(options.generator, keep_prob)
+    run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed, tag)
     result_file = run_dir / "result.json"
     key = {
         "table": table,
@@ -93,19 +135,26 @@ def run_configuration(
         "seed": seed,
         "settings": asdict(settings),
         "mask_sampler": options.mask_sampler,
-        "poe_mean": options.poe_mean,
+        "poe_mean": row.poe_mean,
         "cond_draws": options.cond_draws,
+        "generator": options.generator,
+        "view_keep_prob": keep_prob,
     }
+    started_at = time.time()
     if result_file.exists():
         cached = json.loads(result_file.read_text())
         if _same_configuration(cached.get("key"), key):
-            cached["cached"] = True
-            return cached
-    started_at = time.time()
-    data = make_data(table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws)
+            if cached.get("evaluation", 1) == EVALUATION_VERSION or cached["status"] != "finished":
+                cached["cached"] = True
+                return cached
+            started_at = cached.get("started_at") or started_at  # re-evaluation of stored weights
+    data = make_data(
+        table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws, options.generator,
+        keep_prob,
+    )  # fmt: skip
     set_seed(seed)  # initial weights depend on the seed only
     model = build_model(table, row, data.modalities)
-    guide = build_guide(table, row, data.modalities, options.poe_mean)
+    guide = build_guide(table, row, data.modalities)
     cpu_log = TrainingCPU(run_dir / "train_cpu.json")
     tic, cpu = time.perf_counter(), time.process_time()
     training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log)
@@ -116,9 +165,11 @@ def run_configuration(
     if training["status"] == "finished":
         ev = evaluate(table, row, model, guide, data, settings, options.mask_sampler, seed)
     else:
-        ev = {"metrics": {k: math.nan for k in METRICS[table]}, "errors": {}}
+        nan = {k: math.nan for k in (*METRICS[table], *SECONDARY_METRICS[table])}
+        ev = {"metrics": {**nan, **data_metrics(table, data)}, "errors": {}}
     result = {
         "key": key,
+        "evaluation": EVALUATION_VERSION,
         "status": training["status"],
         "error": training["error"],
         "final_train_loss": training["final_loss"],
@@ -194,10 +245,11 @@ class TrainingCPU:
 
 
 def _same_configuration(saved: dict | None, key: dict) -> bool:
-    """Whether a stored result belongs to this configuration (the table's seed LIST does not matter)."""
+    """Whether a stored result belongs to this configuration (the table's seed LIST does not matter; a key
+    field added later counts with its :data:`KEY_DEFAULTS` value when a stored key lacks it)."""
 
     def strip(k):
-        k = to_jsonable(k)  # plain JSON already: comparable with what a result file holds
+        k = {**KEY_DEFAULTS, **to_jsonable(k)}  # plain JSON already: comparable with what a result file holds
         k.get("settings", {}).pop("seeds", None)
         return k
 
@@ -215,8 +267,10 @@ def make_plan(
     objectives: Iterable[str],
     sections: set[str] | None = None,
     rows: set[str] | None = None,
+    poe_means: Iterable[str] | None = None,
 ) -> list[Job]:
-    """Every configuration of ``tables`` (optionally only some sections, and rows by label or aggregator).
+    """Every configuration of ``tables`` (optionally only some sections, rows by label or aggregator, and
+    PoE rows by their mean: ``poe_means`` ⊆ {"correct", "paper"}, default both).
 
     Seed-major order: every table gets its first seed before any table gets its second, so a long
     run has results for all tables early; consecutive jobs share a (table, section, seed) dataset.
@@ -229,6 +283,8 @@ def make_plan(
                 continue
             for row in sec.rows:
                 if rows is not None and row.label not in rows and row.aggregator not in rows:
+                    continue
+                if poe_means is not None and row.aggregator == "PoE" and row.poe_mean not in set(poe_means):
                     continue
                 for obj in objectives:
                     for seed in s.seeds:

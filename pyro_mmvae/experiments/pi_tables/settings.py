@@ -15,6 +15,20 @@ FIXED_AGGREGATORS = ("PoE", "MoE")
 LEARNED_AGGREGATORS = ("SumPooling", "SelfAttention")
 MIXTURE_AGGREGATORS = ("SumPoolingMixture", "SelfAttentionMixture")
 
+# Data generators: the library's (numpy default_rng, seeds from 0) or the published scripts' exact draws
+# (legacy RandomState, float32, seeds from 1; Tables 3-4 only: Table 1 has no published code and Table 2's
+# draws JAX's PRNG).
+GENERATORS = ("library", "authors")
+FIRST_SEED = {"library": 0, "authors": 1}
+AUTHORS_TABLES = (3, 4)
+# Table 4: probability of keeping each view beyond the one every row keeps. The published code's CPM-Nets
+# procedure truncates it to whole percent, 0.33 for M = 4 and η = 0.5; the library's
+# partial_view_mask uses the exact 1/3 (pass view_keep_prob=None).
+VIEW_KEEP_PROB = 0.33
+# MCC: canonical pairs of the CCA behind the published numbers (the published scripts call
+# compute_mcc(..., cca_dim=1)); the score of all min(D, D̂) pairs is reported as "mcc_all_pairs".
+MCC_COMPONENTS = 1
+
 
 @dataclass(frozen=True)
 class TableSettings:
@@ -57,12 +71,27 @@ TABLE_TITLES = {
 
 @dataclass(frozen=True)
 class Row:
-    """One row of a table: an aggregation scheme with a prior (and private latents for Table 2 sparse)."""
+    """One row of a table: an aggregation scheme with a prior (and private latents for Table 2 sparse).
+
+    ``poe_mean`` (PoE rows): ``"correct"`` Σ(μ_s/v_s)/P or ``"paper"`` Σ μ_s v_s / P, the paper's §3
+    formula and the published code's. ``published_as``: the label of the paper's row whose numbers this
+    row is compared with (``""``: its own label; None: no comparable published row). ``in_claims``:
+    whether the paper's claims read this row (a variant of another row, e.g. the PoE with the paper's
+    mean, is reported but left out).
+    """
 
     label: str  # unique within its section
     aggregator: str
     prior: str = "normal"
     private: bool = False
+    poe_mean: str = "correct"
+    published_as: str | None = ""
+    in_claims: bool = True
+
+    @property
+    def published_label(self) -> str | None:
+        """The label of the published row compared with this one (None: none)."""
+        return self.label if self.published_as == "" else self.published_as
 
 
 @dataclass(frozen=True)
@@ -75,8 +104,19 @@ class Section:
     eta: float | None = None
 
 
+PAPER_MEAN_POE = "PoE (paper mean)"
+
+
+def _poe_rows(private: bool = False) -> tuple[Row, ...]:
+    """Both PoE means: the published PoE numbers come from Σ μ_s v_s / P, so only that row is compared with them."""
+    return (
+        Row("PoE", "PoE", private=private, published_as=None),
+        Row(PAPER_MEAN_POE, "PoE", private=private, poe_mean="paper", published_as="PoE", in_claims=False),
+    )
+
+
 def _shared_rows() -> tuple[Row, ...]:
-    return tuple(Row(a, a) for a in (*FIXED_AGGREGATORS, *LEARNED_AGGREGATORS))
+    return _poe_rows() + tuple(Row(a, a) for a in ("MoE", *LEARNED_AGGREGATORS))
 
 
 def _gmm_rows() -> tuple[Row, ...]:
@@ -90,7 +130,7 @@ LAYOUT: dict[int, tuple[Section, ...]] = {
         Section(
             "sparse",
             "equivariant aggregation, sparse decoders (private latents)",
-            tuple(Row(a, a, private=True) for a in ("PoE", *LEARNED_AGGREGATORS)),
+            _poe_rows(private=True) + tuple(Row(a, a, private=True) for a in LEARNED_AGGREGATORS),
         ),
     ),
     3: (Section("main", "K = 1 (N(0, I)) and K = 5 (GMM) priors", _shared_rows() + _gmm_rows()),),
@@ -114,6 +154,27 @@ METRICS: dict[int, dict[str, tuple[str, bool]]] = {
     4: {"llh": ("test LLH (×10³)", True), "mcc": ("MCC", True)},
 }
 LLH_METRIC = {1: "llh_gap", 2: "llh_gap", 3: "llh", 4: "llh"}
+# Reported beside METRICS but not compared with published numbers: the all-pairs and the strong MCC,
+# and the gap to the true model (its log-likelihood itself, "true_llh", is a property of a seed's data).
+_TRUE_GAP_RELATIVE = ("relative LLH gap to the true model", False)
+SECONDARY_METRICS: dict[int, dict[str, tuple[str, bool]]] = {
+    1: {"true_gap": _TRUE_GAP_RELATIVE},
+    2: {
+        "true_gap": _TRUE_GAP_RELATIVE,
+        "mcc_all_pairs": ("MCC, all canonical pairs", True),
+        "mcc_strong": ("MCC without CCA (strong)", True),
+    },
+    3: {
+        "true_gap": ("true-model LLH − LLH (×10³)", False),
+        "mcc_all_pairs": ("MCC, all canonical pairs", True),
+        "mcc_strong": ("MCC without CCA (strong)", True),
+    },
+    4: {
+        "mcc_all_pairs": ("MCC, all canonical pairs", True),
+        "mcc_strong": ("MCC without CCA (strong)", True),
+    },
+}
+TRUE_LLH_TABLES = (1, 2, 3)  # the tables whose data have an exact true-model log-likelihood
 
 # Model and encoder sizes.
 LATENT_DIM = {1: 3, 2: 30, 3: 2, 4: 10}
@@ -137,10 +198,13 @@ def table_settings(
     particles: int | None = None,
     num_train: int | None = None,
     num_test: int | None = None,
+    generator: str = "library",
 ) -> TableSettings:
     """The quick or full settings of ``table`` with the given overrides.
 
     ``particles`` and ``num_test`` only apply to tables that have them (Tables 3-4 and Table 4).
+    Without ``seeds``, the default number of seeds starts at ``FIRST_SEED[generator]`` (0, or 1 for the
+    published scripts' seeds).
     """
     s = (QUICK if quick else FULL)[table]
     changes = {}
@@ -148,6 +212,8 @@ def table_settings(
         changes["epochs"] = epochs
     if seeds is not None:
         changes["seeds"] = tuple(seeds)
+    else:
+        changes["seeds"] = seed_range(len(s.seeds), generator)
     if particles is not None and s.particles is not None:
         changes["particles"] = particles
     if num_train is not None:
@@ -155,6 +221,13 @@ def table_settings(
     if num_test is not None and s.num_test is not None:
         changes["num_test"] = num_test
     return replace(s, **changes)
+
+
+def seed_range(n: int, generator: str = "library") -> tuple[int, ...]:
+    """``n`` consecutive seeds from the generator's first seed: (0, …, n−1), or (1, …, n) for ``"authors"``."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
+    return tuple(range(FIRST_SEED[generator], FIRST_SEED[generator] + int(n)))
 
 
 def find_section(table: int, name: str | Section) -> Section:
@@ -179,14 +252,23 @@ def find_row(section: Section, label: str | Row) -> Row:
     )
 
 
-def settings_note(name: str) -> str:
-    """The report's sentence on how the run's settings relate to the full ones."""
-    if name == "quick":
+def is_quick(name: str) -> bool:
+    """Whether a run name is the quick mode's (``"quick"``, or ``"quick_<generator>"``)."""
+    return name == "quick" or name.startswith("quick_")
+
+
+def settings_note(name: str, cond_draws: int = QUICK_COND_DRAWS) -> str:
+    """The report's sentence on how the run's settings relate to the full ones (``cond_draws``: the run's)."""
+    if is_quick(name):
         epochs = ", ".join(f"Table {t}: {QUICK[t].epochs}" for t in QUICK)
+        cond = (
+            f", and the Table 4 mixing-matrix conditioning reference ({cond_draws} instead of {FULL_COND_DRAWS} draws)"
+            if cond_draws < FULL_COND_DRAWS
+            else ""
+        )
         return (
             f"Quick mode changes ONLY: epochs ({epochs} instead of 4000), one seed instead of 4-5, "
-            f"{QUICK[3].particles} instead of 64/512 LLH particles (Tables 3-4), and the Table 4 mixing-matrix "
-            f"conditioning reference ({QUICK_COND_DRAWS} instead of {FULL_COND_DRAWS} draws). Data sizes, "
+            f"{QUICK[3].particles} instead of 64/512 LLH particles (Tables 3-4){cond}. Data sizes, "
             "architectures, batch sizes, optimiser constants and evaluation sets are the full ones. The numbers "
             "are a smoke-level reproduction, NOT converged results."
         )
