@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d", type=int, default=20, help="latent dimension")
     p.add_argument("--experts", type=int, default=3, help="|S|")
     p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=150, help="BatchedHMC (and BlackJAX) warm-up iterations")
+    p.add_argument("--warmup", type=int, default=250, help="BatchedHMC (and BlackJAX) warm-up iterations")
     p.add_argument("--samples", type=int, default=2000, help="BatchedHMC (and BlackJAX) draws per chain")
     p.add_argument("--nuts-warmup", type=int, default=200)
     p.add_argument("--nuts-samples", type=int, default=200)
