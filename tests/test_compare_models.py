@@ -123,3 +123,19 @@ def test_bad_options_are_refused(script):
         script.parse_args(["--models", "vae9000"])
     with pytest.raises(InputError, match="data-root"):
         script.parse_args(["--dataset", "polymnist"])
+
+
+def test_networks_and_beta_reach_every_models_run(script, tmp_path):
+    args = script.parse_args(
+        ["--dataset", "polymnist", "--data-root", str(tmp_path), "--nets", "mopoe", "--beta", "1.0",
+         "--runs", str(tmp_path / "runs")]
+    )  # fmt: skip
+    for model in ("sumpooling", "mmvae"):
+        config = script.run_config(args, model)
+        assert config.nets == "mopoe" and config.beta == 1.0
+    other = script.run_config(script.parse_args([*TINY[:2], "--runs", str(tmp_path / "runs")]), "mvae")
+    assert other.nets is None and other.beta is None
+    with pytest.raises(InputError, match="--nets"):
+        script.run_config(script.parse_args([*TINY[:2], "--nets", "mopoe", "--runs", str(tmp_path)]), "mvae")
+    with pytest.raises(InputError, match="--beta"):
+        script.run_config(script.parse_args([*TINY[:2], "--beta", "-1", "--runs", str(tmp_path)]), "mvae")
