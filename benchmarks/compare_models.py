@@ -32,8 +32,8 @@ or file, never a mixed result.
 
     python benchmarks/compare_models.py --dataset toy [--epochs 12] [--train-size 20000]
     python benchmarks/compare_models.py --dataset polymnist --data-root /tmp/polymnist_data/polymnist \\
-        --classifiers ../shared/data/pretrained_classifiers/polymnist --base-channels 16 --train-size 5000 \\
-        --epochs 10 --latent-dim 64 --subset-sizes 1 4
+        --nets mopoe --beta 1.0 --latent-dim 32 --batch-size 64 --train-size 5000 --val-size 500 --epochs 4 \\
+        --num-points 500 --llh-particles 32 --subset-sizes 1 4   # benchmarks/results/compare_models_polymnist.md
 
 Writes ``<out>.md`` and ``<out>.json`` (default ``benchmarks/results/compare_models_<dataset>``) with the
 command, machine and date. Prints the table; last line ``models_compared=<n>`` (models evaluated).
