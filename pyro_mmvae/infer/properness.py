@@ -6,6 +6,7 @@ data points of a :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`; ``
 That is the one required method (:class:`SamplerTarget`). Everything else is an optional capability,
 declared by a ``runtime_checkable`` Protocol and detected with ``isinstance``:
 
+- :class:`HasLogProbAndGrad`: ``log_prob_and_grad(z) -> (log_prob, grad)``, the gradient without autograd;
 - :class:`HasInitialPoints`: ``initial_points(num_chains) -> (C, N, D)``, default starting points;
 - :class:`HasApproximateVariance`: ``approximate_variance() -> (N, D)``, the sampler's initial metric;
 - :class:`ClosedFormProperness`: ``is_gaussian`` and ``improper_points()``, an exact check;
@@ -28,6 +29,7 @@ __all__ = [
     "ClosedFormProperness",
     "HasApproximateVariance",
     "HasInitialPoints",
+    "HasLogProbAndGrad",
     "ImproperPosteriorError",
     "ImproperPosteriorWarning",
     "SamplerTarget",
@@ -56,6 +58,14 @@ class SamplerTarget(Protocol):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` ``(*lead, N, D)`` → ``(*lead, N)``; more generally ``(*B, D)`` → ``(*B,)``."""
+
+
+@runtime_checkable
+class HasLogProbAndGrad(Protocol):
+    """A target that returns its log density together with the gradient in z (no autograd needed)."""
+
+    def log_prob_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` ``(*B, D)`` → ``(log_prob (*B,), ∂ log_prob / ∂z (*B, D))``."""
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ..data.validation import validate_for
+from ..nn.flows import maf_log_prob_and_grad
 from ..sites import LATENT_SITE
 from . import properness
 from .properness import ImproperPosteriorError
@@ -39,6 +40,7 @@ from .properness import ImproperPosteriorError
 __all__ = [
     "SubsetPosterior",
     "diagonal_gaussian_params",
+    "log_prob_and_grad",
 ]
 
 
@@ -53,6 +55,27 @@ def diagonal_gaussian_params(d: Distribution) -> tuple[torch.Tensor, torch.Tenso
         shape = d.batch_shape + d.event_shape
         return base.loc.expand(shape), base.scale.expand(shape)
     return None
+
+
+def log_prob_and_grad(d: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d.log_prob(z), ∂ log_prob / ∂z)``, ``z`` ``(*lead, *batch, D)`` → ``(*lead, *batch)`` and ``z``'s shape.
+
+    In closed form for diagonal Gaussians, by :func:`~pyro_mmvae.nn.flows.maf_log_prob_and_grad` for
+    the library's MAF flows, and by ``torch.autograd.grad`` for any other distribution. Neither value
+    carries an autograd graph.
+    """
+    params = diagonal_gaussian_params(d)
+    if params is not None:
+        loc, scale = params
+        return d.log_prob(z).detach(), ((loc - z) / scale.pow(2)).detach()
+    fused = maf_log_prob_and_grad(d, z)
+    if fused is not None:
+        return fused
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        lp = d.log_prob(z)
+        (g,) = torch.autograd.grad(lp.sum(), z)
+    return lp.detach(), g
 
 
 def _without_validation(d: Distribution) -> Distribution:
@@ -276,6 +299,33 @@ class SubsetPosterior:
             # where, not multiplication: a masked expert may be -inf at z and must not leak NaNs.
             total = total + torch.where(mask[j], expert.log_prob(z) - log_prior, torch.zeros_like(log_prior))
         return total
+
+    def log_prob_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_prob(z), ∂ log_prob / ∂z)``: ``z`` ``(*lead, N, D)`` → ``(*lead, N)`` and ``(*lead, N, D)``.
+
+        What :class:`~pyro_mmvae.infer.mcmc.BatchedHMC` calls at every leapfrog step. Each expert and the
+        prior are differentiated by :func:`log_prob_and_grad` (closed form for Gaussians, a fused
+        backward sweep for MAF flows, autograd otherwise); the values equal :meth:`log_prob` and its
+        autograd gradient.
+        """
+        self._check_z(z)
+        z = z.detach()
+        lp_prior, g_prior = log_prob_and_grad(self.prior, z)
+        if self.mask is None:
+            k = 1 - len(self.experts)
+            total, grad = k * lp_prior, k * g_prior
+            for expert in self.experts.values():
+                lp, g = log_prob_and_grad(expert, z)
+                total, grad = total + lp, grad + g
+            return total, grad
+        total, grad = lp_prior, g_prior.expand_as(z)
+        mask = self._mask_on(z.device)
+        for j, expert in enumerate(self.experts.values()):
+            lp, g = log_prob_and_grad(expert, z)
+            # where, not multiplication: a masked expert may be -inf or NaN at z
+            total = total + torch.where(mask[j], lp - lp_prior, torch.zeros_like(lp_prior))
+            grad = grad + torch.where(mask[j].unsqueeze(-1), g - g_prior, torch.zeros_like(grad))
+        return total, grad
 
     def _mask_on(self, device) -> torch.Tensor:
         """The mask on ``device``, copied there once."""

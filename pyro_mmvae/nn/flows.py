@@ -49,6 +49,12 @@ Measured times (Gaussian, maf, coupling and Pyro's IAF for comparison, D = 2 and
 ``"coupling"`` wherever densities are evaluated at arbitrary points (stage-2 training, HMC);
 ``"coupling"`` when sampling q_j directly is frequent.
 
+Gradients in z for samplers: :func:`maf_log_prob_and_grad` returns ``log_prob(z)`` and its gradient
+in z from one forward sweep and one hand-written backward sweep through the MADE networks (no
+autograd graph), for ``"maf"`` flows with ReLU networks and a diagonal Gaussian base; it answers
+``None`` for anything else. The values equal ``log_prob`` and ``torch.autograd.grad`` of it (tested),
+at about 0.75× their cost on the sampler benchmark's target (``python benchmarks/target_gradient.py``).
+
 The straight-through clamp of the log-scales makes the z-gradient differ from the gradient of
 the evaluated density only where a log-scale sits at its clamp; the gradient is still a fixed
 function of z, so HMC with a Metropolis correction keeps the right target there.
@@ -238,3 +244,98 @@ class ConditionalFlow(nn.Module):
             self._check_context(context)
             return base
         return dist.TransformedDistribution(base, self.transforms(context))
+
+
+# ------------------------------------------------------------------ fused density gradient (samplers)
+def _masked_weight(layer: nn.Module) -> torch.Tensor:
+    return layer.weight * layer.mask if hasattr(layer, "mask") else layer.weight
+
+
+def _maf_blocks(d) -> list[_AffineAutoregressive] | None:
+    """The MAF blocks of ``d`` in the density direction (z → base), or ``None`` when ``d`` is not a
+    :class:`ConditionalFlow` ``"maf"`` distribution with plain ReLU MADE networks."""
+    if not isinstance(d, torch.distributions.TransformedDistribution) or not d.transforms:
+        return None
+    blocks = []
+    for t in reversed(d.transforms):
+        block = getattr(t, "_inv", None) if isinstance(t, torch.distributions.transforms._InverseTransform) else None
+        if not isinstance(block, _AffineAutoregressive) or getattr(block, "stable", False):
+            return None
+        net = block.arn.net if isinstance(block.arn, _FoldedContext) else block.arn
+        if not isinstance(net, (AutoRegressiveNN, ConditionalAutoRegressiveNN)) or not isinstance(net.f, nn.ReLU):
+            return None
+        if getattr(net, "skip_layer", None) is not None or net.output_multiplier != 2:
+            return None
+        if not isinstance(block.arn, _FoldedContext) and getattr(net, "context_dim", 0):
+            return None  # a conditional network called without its context: not built here
+        blocks.append(block)
+    return blocks
+
+
+def _diagonal_normal(d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if (
+        isinstance(d, torch.distributions.Independent)
+        and d.reinterpreted_batch_ndims == 1
+        and isinstance(d.base_dist, torch.distributions.Normal)
+    ):
+        return d.base_dist.loc, d.base_dist.scale
+    return None
+
+
+@torch.no_grad()
+def maf_log_prob_and_grad(d, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(d.log_prob(z), ∂ log_prob / ∂z)`` of a ``"maf"`` :class:`ConditionalFlow` distribution, without autograd.
+
+    Args:
+        d: what :meth:`ConditionalFlow.forward` returned for ``kind="maf"`` (batch ``(*batch,)``, event
+            ``(D,)``), with ReLU networks and an ``Independent(Normal, 1)`` base.
+        z: points ``(*lead, *batch, D)``.
+
+    Returns:
+        ``(log_prob (*lead, *batch), grad (*lead, *batch, D))``, or ``None`` when ``d`` is not such a flow
+        (the caller then differentiates ``d.log_prob`` itself). Like ``log_prob``, the gradient treats
+        the clamp of the log-scales as straight-through.
+
+    Each block maps x to y = exp(s(x))·x + m(x), adding Σ s(x) to the log density; the backward sweep
+    carries g = ∂ log q / ∂y back through y, the log-determinant and the MADE network to ∂ log q / ∂x.
+    """
+    blocks, base = _maf_blocks(d), _diagonal_normal(d.base_dist) if hasattr(d, "base_dist") else None
+    if blocks is None or base is None:
+        return None
+    dim = z.shape[-1]
+    x, log_det, saved = z, 0.0, []
+    for block in blocks:
+        arn = block.arn
+        if isinstance(arn, _FoldedContext):
+            net = arn.net
+            first_weight = arn.weight_x
+            a = F.linear(x, first_weight).add_(arn.context_term)
+        else:
+            net = arn
+            first_weight = _masked_weight(net.layers[0])
+            a = F.linear(x, first_weight, net.layers[0].bias)
+        hidden = [a.relu_()]
+        weights = [first_weight]
+        for layer in net.layers[1:-1]:
+            w = _masked_weight(layer)
+            hidden.append(F.linear(hidden[-1], w, layer.bias).relu_())
+            weights.append(w)
+        w_out = _masked_weight(net.layers[-1])
+        weights.append(w_out)
+        mean, log_scale = F.linear(hidden[-1], w_out, net.layers[-1].bias).unflatten(-1, (2, dim)).unbind(-2)
+        log_scale = log_scale.clamp(block.log_scale_min_clip, block.log_scale_max_clip)
+        scale = log_scale.exp()
+        saved.append((x, scale, hidden, weights))
+        log_det = log_det + log_scale.sum(-1)
+        x = torch.addcmul(mean, scale, x)
+    loc, base_scale = base
+    log_prob = d.base_dist.log_prob(x) + log_det
+    g = (loc - x) / base_scale.pow(2)  # ∂ log N(x; loc, scale) / ∂x
+    for x, scale, hidden, weights in reversed(saved):
+        g_scaled = g * scale  # ∂/∂x through the direct term exp(s)·x
+        # ∂/∂m = g; ∂/∂s = g·exp(s)·x + 1 (the log-determinant); the clamp is straight-through
+        g_h = torch.cat((g, torch.addcmul(torch.ones_like(x), g_scaled, x)), -1) @ weights[-1]
+        for h, w in zip(reversed(hidden[1:]), reversed(weights[1:-1])):
+            g_h = torch.ops.aten.threshold_backward(g_h, h, 0) @ w
+        g = (torch.ops.aten.threshold_backward(g_h, hidden[0], 0) @ weights[0]).add_(g_scaled)
+    return log_prob, g

@@ -193,3 +193,46 @@ def test_float64_follows_the_experts():
     target = random_gaussian_target(2, n=3, d=2, dtype=torch.float64)
     z = target.initial_points(2)
     assert z.dtype == torch.float64 and target.log_prob(z).dtype == torch.float64
+
+
+class _ConstantNaNExpert(dist.Normal):
+    """A Gaussian whose log density is NaN for data point 0: what a masked-out expert may compute."""
+
+    def log_prob(self, value):
+        lp = super().log_prob(value)
+        return torch.where(torch.arange(lp.shape[-2]).unsqueeze(-1) == 0, torch.nan, lp)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all-experts", "per-point-subsets"])
+def test_log_prob_and_grad_equals_autograd_of_log_prob(masked):
+    from pyro_mmvae.nn.flows import ConditionalFlow
+
+    g = torch.Generator().manual_seed(4)
+    n, d = 6, 3
+    dt = torch.float64
+    flow = ConditionalFlow(d, "maf", num_blocks=2, hidden=(8, 8), context_dim=2, identity_init=False).double()
+    coupling = ConditionalFlow(d, "coupling", num_blocks=1, hidden=(8,), identity_init=False).double()
+    experts = {
+        "maf": flow(
+            dist.Normal(torch.randn(n, d, generator=g, dtype=dt), 0.5).to_event(1), torch.randn(n, 2, dtype=dt)
+        ),
+        "coupling": coupling(dist.Normal(torch.randn(n, d, generator=g, dtype=dt), 0.7).to_event(1)),
+        "gauss": dist.Normal(torch.randn(n, d, generator=g, dtype=dt), 0.3 + torch.rand(n, d, dtype=dt)).to_event(1),
+    }
+    mask = None
+    if masked:
+        experts["nan"] = _ConstantNaNExpert(torch.zeros(n, d, dtype=dt), 1.0).to_event(1)
+        mask = {name: torch.rand(n, generator=g) < 0.6 for name in experts}
+        mask["nan"][0] = False  # its NaN row is masked out and must not leak into the value or the gradient
+        mask["gauss"][:] = True
+    prior = dist.Normal(torch.full((d,), 0.2, dtype=dt), 1.3).to_event(1)
+    target = SubsetPosterior(prior, experts, mask)
+    z = torch.randn(4, n, d, generator=g, dtype=dt).requires_grad_(True)
+    lp = target.log_prob(z)
+    (grad,) = torch.autograd.grad(lp.sum(), z)
+    value, gradient = target.log_prob_and_grad(z.detach())
+    assert torch.isfinite(value).all() and torch.isfinite(gradient).all()
+    torch.testing.assert_close(value, lp.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gradient, grad, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="z must have shape"):
+        target.log_prob_and_grad(torch.zeros(n, d + 1, dtype=dt))

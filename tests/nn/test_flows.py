@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_mmvae.nn.flows import ConditionalFlow, _FoldedContext
+from pyro_mmvae.nn.flows import ConditionalFlow, _FoldedContext, maf_log_prob_and_grad
 
 KINDS = ["maf", "coupling"]
 CONTEXTS = [0, 3]
@@ -216,3 +216,37 @@ def test_standard_normal_base_log_prob_value():
     flow = ConditionalFlow(2, "coupling", hidden=(4,))
     q = flow(dist.Normal(torch.zeros(1, 2), torch.ones(1, 2)).to_event(1))
     assert q.log_prob(torch.zeros(1, 2)).item() == pytest.approx(-math.log(2 * math.pi), abs=1e-6)
+
+
+@pytest.mark.parametrize("context_dim", CONTEXTS, ids=["uncond", "cond"])
+@pytest.mark.parametrize("strength", [0.5, 40.0], ids=["inside-clamp", "at-clamp"])
+def test_fused_maf_gradient_equals_autograd(context_dim, strength):
+    """Value and z-gradient of the hand-written sweep equal log_prob and its autograd gradient, clamp included."""
+    flow, base, context = make("maf", context_dim, dim=4, batch=5)
+    flow = flow.double()
+    with torch.no_grad():
+        for net in flow.nets:
+            net.layers[-1].weight.mul_(strength)  # 40: many log-scales sit at the clamp
+    base = dist.Normal(base.base_dist.loc.double(), base.base_dist.scale.double()).to_event(1)
+    q = flow(base, None if context is None else context.double())
+    for lead in [(), (3,), (2, 3)]:
+        z = torch.randn(*lead, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(len(lead)))
+        z = (3 * z).requires_grad_(True)
+        lp = q.log_prob(z)
+        (grad,) = torch.autograd.grad(lp.sum(), z)
+        fused_lp, fused_grad = maf_log_prob_and_grad(q, z.detach())
+        torch.testing.assert_close(fused_lp, lp.detach(), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fused_grad, grad, rtol=1e-9, atol=1e-9)
+        assert fused_lp.shape == lead + (5,) and fused_grad.shape == z.shape
+
+
+def test_fused_maf_gradient_declines_what_it_does_not_know():
+    flow, base, context = make("coupling", 3)
+    assert maf_log_prob_and_grad(flow(base, context), torch.zeros(4, 3)) is None
+    flow, base, context = make("maf", 3)
+    assert maf_log_prob_and_grad(base, torch.zeros(4, 3)) is None  # a Gaussian: no flow
+    tanh_flow = ConditionalFlow(3, "maf", num_blocks=1, hidden=(8,), identity_init=False)
+    tanh_flow.nets[0].f = torch.nn.Tanh()
+    assert maf_log_prob_and_grad(tanh_flow(base), torch.zeros(4, 3)) is None
+    laplace_base = dist.Laplace(torch.zeros(4, 3), 1.0).to_event(1)
+    assert maf_log_prob_and_grad(flow(laplace_base, context), torch.zeros(4, 3)) is None

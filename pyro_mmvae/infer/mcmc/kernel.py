@@ -77,7 +77,7 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ...errors import InputError, check_float, check_int
 from ...sites import LATENT_SITE
-from ..properness import HasInitialPoints, SamplerTarget
+from ..properness import HasInitialPoints, HasLogProbAndGrad, SamplerTarget
 from .adaptation import (
     INITIAL_UTURN_TIME,
     AdaptationWindows,
@@ -97,7 +97,9 @@ class BatchedHMC(MCMCKernel):
         target: a :class:`~pyro_mmvae.infer.properness.SamplerTarget`, ``log_prob(z) -> (*B,)`` (e.g. a
             :class:`~pyro_mmvae.infer.subset_posterior.SubsetPosterior`), optionally
             :class:`~pyro_mmvae.infer.properness.HasInitialPoints`
-            (``initial_points(num_chains) -> (C, N, D)``) for default starting points.
+            (``initial_points(num_chains) -> (C, N, D)``) for default starting points, and optionally
+            :class:`~pyro_mmvae.infer.properness.HasLogProbAndGrad` (``log_prob_and_grad(z)``, used
+            instead of autograd at every leapfrog step).
         potential_fn: alternatively the per-target potential energy ``z (*B, D) -> (*B,)`` (−log density).
         num_chains: chains stacked as the leading batch dimension when starting points come from
             ``target.initial_points``; ignored when ``initial_params`` are given.
@@ -194,6 +196,9 @@ class BatchedHMC(MCMCKernel):
             raise InputError(f"escape_radius must be positive or None, got {escape_radius}")
         self.target = target
         self._potential = potential_fn if potential_fn is not None else (lambda z: -target.log_prob(z))
+        # a target that differentiates itself (SubsetPosterior: closed-form Gaussians, fused MAF sweeps)
+        # skips building an autograd graph at every leapfrog step
+        self._log_prob_and_grad = target.log_prob_and_grad if isinstance(target, HasLogProbAndGrad) else None
         self.num_chains = int(num_chains)
         self.param_name = param_name
         self.init_step_size = float(step_size)
@@ -326,6 +331,10 @@ class BatchedHMC(MCMCKernel):
 
     # ------------------------------------------------------------------ numerics
     def _potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._log_prob_and_grad is not None:
+            lp, g = self._log_prob_and_grad(z.detach())
+            self.num_grad_evals += 1
+            return -lp, -g
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             u = self._potential(z)

@@ -16,6 +16,7 @@ from pyro_mmvae.diagnostics import ess, import_arviz, rhat
 from pyro_mmvae.infer.mcmc import BatchedHMC, HMCRun, adaptation_windows, run_pyro_nuts, sample_subset_posterior
 from pyro_mmvae.infer.properness import ImproperPosteriorError, ImproperPosteriorWarning
 from pyro_mmvae.infer.subset_posterior import SubsetPosterior
+from pyro_mmvae.nn.flows import ConditionalFlow
 from tests.infer.test_properness import mixed_properness_experts
 from tests.infer.test_subset_posterior import random_gaussian_target
 
@@ -281,16 +282,29 @@ def _importance_mean(target, num_draws=60000):
     return mean.double().numpy(), se.double().numpy(), (1 / (w**2).sum(0)).min().item()
 
 
-def test_flow_experts_against_importance_sampling():
+def _maf_expert(loc, scale, seed, strength=0.5):
+    """q(z | x) = the library's conditional MAF (random weights) pushed from N(loc, scale): the fused gradient path."""
+    flow = ConditionalFlow(
+        loc.shape[-1], "maf", num_blocks=2, hidden=(8, 8), context_dim=3, seed=seed, identity_init=False
+    )
+    flow = flow.to(loc.dtype)
+    with torch.no_grad():
+        for net in flow.nets:
+            net.layers[-1].weight.mul_(strength)
+            net.layers[-1].bias.mul_(strength)
+        context = torch.randn(loc.shape[0], 3, generator=torch.Generator().manual_seed(seed), dtype=loc.dtype)
+        return flow.requires_grad_(False)(dist.Normal(loc, scale).to_event(1), context)
+
+
+@pytest.mark.parametrize("make_expert", [_coupling_expert, _maf_expert], ids=["coupling", "maf"])
+def test_flow_experts_against_importance_sampling(make_expert):
     n, d = 4, 2
     g = torch.Generator().manual_seed(0)
     z_true = torch.randn(n, d, generator=g)
     locs = [z_true + 0.3 * torch.randn(n, d, generator=g) for _ in range(3)]
     scales = [0.2 + 0.6 * torch.rand(n, d, generator=g) for _ in range(3)]
     # two flow experts and a Gaussian one (modalities may differ in how their experts are built)
-    experts = [_coupling_expert(locs[s], scales[s], s) for s in range(2)] + [
-        dist.Normal(locs[2], scales[2]).to_event(1)
-    ]
+    experts = [make_expert(locs[s], scales[s], s) for s in range(2)] + [dist.Normal(locs[2], scales[2]).to_event(1)]
     target = SubsetPosterior(dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1), experts)
     assert not target.is_gaussian
     mean_is, se_is, is_ess = _importance_mean(target)
@@ -310,3 +324,29 @@ def test_reference_nuts_runs_on_the_same_target():
     x = run.samples.double().numpy()
     z = (x.mean((0, 1)) - cf.mean.double().numpy()) / np.sqrt(cf.variance.double().numpy() / ess(x, "mean"))
     assert np.abs(z).max() < z_bound(z.size)
+
+
+def test_a_target_with_its_own_gradient_gives_the_autograd_chains():
+    """``log_prob_and_grad`` (closed-form Gaussians, fused MAF sweeps) replaces autograd without changing a draw."""
+    g = torch.Generator().manual_seed(3)
+    n, d = 5, 3
+    locs = [torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    scales = [0.3 + torch.rand(n, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    experts = [_maf_expert(locs[j], scales[j], j) for j in range(2)] + [dist.Normal(locs[2], scales[2]).to_event(1)]
+    prior = dist.Normal(torch.zeros(d, dtype=torch.float64), 1.0).to_event(1)
+    target = SubsetPosterior(prior, experts)
+    calls = []
+    own_gradient = target.log_prob_and_grad
+    target.log_prob_and_grad = lambda z: calls.append(1) or own_gradient(z)
+    runs = []
+    for potential_fn in (None, lambda z: -target.log_prob(z)):
+        torch.manual_seed(0)
+        z0 = target.initial_points(2)
+        kw = {"potential_fn": potential_fn} if potential_fn else {"target": target}
+        kernel = BatchedHMC(**kw, initial_params={"z": z0})
+        mcmc = pyro.infer.MCMC(kernel, num_samples=20, warmup_steps=30, disable_progbar=True)
+        torch.manual_seed(1)
+        mcmc.run()
+        runs.append(mcmc.get_samples()["z"])
+    assert len(calls) > 50  # the first run differentiated through the target's own method
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-8, atol=1e-8)
