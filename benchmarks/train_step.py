@@ -31,6 +31,7 @@ from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, b
 from pyro_mmvae.experiments.pi_tables.settings import FULL, Row
 from pyro_mmvae.nn.shared_encodings import no_shared_encodings
 from pyro_mmvae.train.loop import clip_gradients
+from pyro_mmvae.train.optim import build_optimizer
 from pyro_mmvae.utils import atomic_write, atomic_write_json, command_line, run_record, set_seed
 
 # (key, table, section, aggregator, the authors' jitted JAX step in ms measured on this machine)
@@ -52,7 +53,7 @@ def build(table: int, section: str, aggregator: str):
     model, guide = build_model(table, row, mods), build_guide(table, row, mods)
     elbo = build_elbo("masked", "paper")
     params = [*model.parameters(), *guide.parameters()]
-    opt = torch.optim.Adam(params, lr=settings.lr)
+    opt = build_optimizer("adam", params, settings.lr, {})  # as fit builds it
     batches = list(iterate_batches(data.train, settings.batch_size, shuffle=True, seed=0))
     return model, guide, elbo, opt, params, batches, settings
 
@@ -71,7 +72,7 @@ def build_polymnist(root: Path):
     model, guide, elbo = recipes.build_main_stage("sumpooling", "polymnist", mods, settings, "auto")
     splits = load_splits("polymnist", str(root), train_size=640, val_size=0, seed=0)
     params = [*model.parameters(), *guide.parameters()]
-    opt = torch.optim.Adam(params, lr=settings.lr)
+    opt = build_optimizer("adam", params, settings.lr, {})  # as fit builds it
     batches = list(iterate_batches(splits.train, 64, shuffle=True, seed=0))
     return model, guide, elbo, opt, params, batches, None
 

@@ -177,16 +177,22 @@ class ModalityEncoders(nn.Module):
         from zeros only where it is MISSING, and the features are reused for every subset: the
         aggregators ignore the entries outside ``mask``, so the result is the same.
         """
+        encoders = self.encoders
+        if not in_shared_block():
+            return torch.stack(
+                [self._encode(n, enc, batch.data[n], mask[:, i], batch) for i, (n, enc) in enumerate(encoders.items())],
+                dim=-2,
+            )
+        inputs = [(batch.data[n], batch.present[n]) for n in encoders]
+        key = (id(self), "stacked", *(k for x, p in inputs for k in (*tensor_key(x), *tensor_key(p))))
+        return cached(key, lambda: self._stack_shared(encoders, inputs, batch), keep=tuple(inputs))
+
+    def _stack_shared(self, encoders: nn.ModuleDict, inputs: list, batch: MultimodalBatch) -> torch.Tensor:
         feats = []
-        for i, (name, enc) in enumerate(self.encoders.items()):
-            x = batch.data[name]
-            if in_shared_block():
-                present = batch.present[name]
-                key = (id(self), name, tensor_key(x), tensor_key(present))
-                h = cached(key, lambda n=name, e=enc, x=x, p=present: self._encode(n, e, x, p, batch))
-            else:
-                h = self._encode(name, enc, x, mask[:, i], batch)
-            feats.append(h)
+        for (name, enc), (x, present) in zip(encoders.items(), inputs):
+            key = (id(self), name, tensor_key(x), tensor_key(present))
+            encode = lambda n=name, e=enc, x=x, p=present: self._encode(n, e, x, p, batch)  # noqa: E731
+            feats.append(cached(key, encode, keep=(x, present)))
         return torch.stack(feats, dim=-2)
 
     def _encode(self, name: str, enc: nn.Module, x: torch.Tensor, keep: torch.Tensor, batch) -> torch.Tensor:

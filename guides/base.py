@@ -31,6 +31,7 @@ from pyro_mmvae.data.batch import MultimodalBatch, Subset
 from pyro_mmvae.data.modality import Modality
 from pyro_mmvae.data.validation import validate_for
 from pyro_mmvae.nn.per_modality import check_latent_dim, index_modalities, per_modality_modules
+from pyro_mmvae.nn.shared_encodings import RegisterModulesOnce, cached_for
 from pyro_mmvae.sites import DATA_PLATE, LATENT_SITE
 
 
@@ -49,7 +50,7 @@ def _validating_posterior(posterior):
     return checked
 
 
-class MultimodalGuide(PyroModule):
+class MultimodalGuide(RegisterModulesOnce, PyroModule):
     """Base class: subclasses implement :meth:`posterior`.
 
     Args:
@@ -97,6 +98,8 @@ class MultimodalGuide(PyroModule):
         raise NotImplementedError
 
     def forward(self, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0):
-        q = self.posterior(batch, subset)
+        # one q(·|x_S) per batch and subset inside an objective's shared_encodings block (the masked
+        # bound's replay of q(·|x_S) at z_M reuses the distribution of its z_S run)
+        q = cached_for(self, "posterior", batch, subset, lambda: self.posterior(batch, subset))
         with pyro.plate(DATA_PLATE, batch.batch_size), poutine.scale(scale=beta):
             return pyro.sample(self.latent_site, q)

@@ -61,6 +61,7 @@ from pyro_mmvae.nn.set_aggregators import (
     SetGaussianHead,
     SumPooling,
 )
+from pyro_mmvae.nn.shared_encodings import cached_for
 from pyro_mmvae.sites import DATA_PLATE, private_site
 
 from .aggregation import (
@@ -137,6 +138,10 @@ class PrivateLatentGuide(AggregationGuide):
     def posterior(self, batch: MultimodalBatch, subset: Subset = None):
         return self.shared_from(self.encode(batch, subset))
 
+    def _encode_shared(self, batch: MultimodalBatch, subset: Subset):
+        enc = self.encode(batch, subset)
+        return enc, self.shared_from(enc)
+
     def private_posterior(
         self, batch: MultimodalBatch, subset: Subset, z: torch.Tensor
     ) -> dict[str, dist.TorchDistribution]:
@@ -144,8 +149,7 @@ class PrivateLatentGuide(AggregationGuide):
         return self.private_from(self.encode(batch, subset), z)
 
     def forward(self, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0):
-        enc = self.encode(batch, subset)
-        q_shared = self.shared_from(enc)
+        enc, q_shared = cached_for(self, "shared posterior", batch, subset, lambda: self._encode_shared(batch, subset))
         with pyro.plate(DATA_PLATE, batch.batch_size), poutine.scale(scale=beta):
             z = pyro.sample(self.latent_site, q_shared)
             for name, q in self.private_from(enc, z).items():

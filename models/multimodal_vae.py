@@ -35,11 +35,12 @@ from ..distributions.likelihoods import Likelihood
 from ..distributions.priors import make_prior
 from ..nn.networks import default_decoder
 from ..nn.per_modality import check_latent_dim, index_modalities, per_modality_modules
+from ..nn.shared_encodings import RegisterModulesOnce
 from ..sites import DATA_PLATE, LATENT_SITE
 from .base import NamedModalities, check_batch_modalities, observe_modalities
 
 
-class MultimodalVAE(NamedModalities, PyroModule):
+class MultimodalVAE(NamedModalities, RegisterModulesOnce, PyroModule):
     """Generative model with one shared latent ``z ∈ R^D`` and a decoder per modality.
 
     Args:

@@ -52,10 +52,17 @@ def _with_particles(fn: Callable, num_particles: int) -> Callable:
     return wrapped
 
 
-def trace_guide(guide, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0, num_particles: int = 1):
-    """Trace ``guide(batch, subset=subset, beta=beta)`` with ``num_particles`` vectorised particles."""
+def trace_guide(
+    guide, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0, num_particles: int = 1, log_prob=True
+):
+    """Trace ``guide(batch, subset=subset, beta=beta)`` with ``num_particles`` vectorised particles.
+
+    ``log_prob=False`` leaves the sites' ``log_prob`` uncomputed (for callers that evaluate q otherwise,
+    e.g. under stop-gradient parameters).
+    """
     tr = poutine.trace(_with_particles(guide, num_particles)).get_trace(batch, subset=subset, beta=beta)
-    tr.compute_log_prob()
+    if log_prob:
+        tr.compute_log_prob()
     return tr
 
 
@@ -246,15 +253,16 @@ def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, we
     present = batch.subset_mask(None)
     rest = {n: present[n] & ~subset[n] for n in present}
     out = SubsetDraw(subset=dict(subset), rest=rest, present=present)
+    # with STL the draws' own log q are evaluated under stop-gradient parameters only
     if "S" in parts:
-        g = trace_guide(guide, batch, subset, beta, num_particles)
+        g = trace_guide(guide, batch, subset, beta, num_particles, log_prob=not stl)
         m = trace_model(model, g, batch, beta, num_particles)
         check_latent_sites(g, m)
         out.recon_S = observed_log_probs(m, batch, weights)
         out.log_p_S = latent_log_prob(m, b)
         out.log_q_S = latent_log_prob(g, b, detach=stl)
     if "M" in parts or "cross" in parts:
-        g = trace_guide(guide, batch, None, beta, num_particles)
+        g = trace_guide(guide, batch, None, beta, num_particles, log_prob=not stl)
         if "M" in parts:
             m = trace_model(model, g, batch, beta, num_particles)
             check_latent_sites(g, m)

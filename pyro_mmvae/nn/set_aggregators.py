@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .networks import EXP_LINEAR_KNEE, MLP, GaussianHead, exp_linear  # noqa: F401 (re-exported)
+from .shared_encodings import cached, tensor_key
 
 LAYER_NORM_EPS = 1e-6
 
@@ -125,9 +126,14 @@ class SumPooling(_SumPoolingNetwork):
         self.rho = self._rho()
 
     def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``a = Σ_{s∈S} χ(h_s)``: ``(*lead, P)``."""
+        """``a = Σ_{s∈S} χ(h_s)``: ``(*lead, P)``.
+
+        χ acts on each element alone, so inside :func:`~pyro_mmvae.nn.shared_encodings.shared_encodings`
+        χ(h) is computed once per features tensor and shared by every subset pooled from it.
+        """
         _check_set(h, mask, self.in_dim)
-        return masked_sum(self.chi(h), mask)
+        chi = cached((id(self), "chi", *tensor_key(h)), lambda: self.chi(h), keep=(h,))
+        return masked_sum(chi, mask)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.rho(self.pool(h, mask))

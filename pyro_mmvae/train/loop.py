@@ -25,6 +25,7 @@ Multistage training: train stage 1, then later (same or new process) restore it 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
@@ -151,6 +152,7 @@ def fit(
     saved = _open_stage(state)
     if saved is not None and state.finished:
         return _load_finished(state, saved)
+    state.run_start_step = state.step
 
     state.optimizer = build_optimizer(config.optimizer, [p for _, p in trained], config.lr, config.optimizer_kwargs)
     state.scheduler = build_lr_scheduler(config.lr_schedule, state.optimizer, config.epochs)
@@ -372,13 +374,15 @@ def _loss(state: TrainingState, batch, loss_kwargs: dict, first_step: int) -> to
     """The objective on ``batch``; a distribution rejecting NaN arguments is reported as a non-finite loss."""
     try:
         return state.objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
-    except ValueError as err:
-        # with validation on, a NaN produced by the networks surfaces as a distribution's
-        # ValueError ("found invalid values") before any loss exists: report it as what it is
+    except (ValueError, RuntimeError) as err:
+        # a NaN produced by the networks surfaces before any loss exists: with validation on as a
+        # distribution's ValueError ("found invalid values"), with it off as a sampler's RuntimeError
+        # (a categorical draw from NaN probabilities): report it as what it is
         msg = str(err)
         params = [p for _, p in state.trained]
-        non_finite = "nan" in msg or "inf" in msg or not all(bool(torch.isfinite(p).all()) for p in params)
-        if "invalid values" in msg and non_finite:
+        finite_params = all(bool(torch.isfinite(p).all()) for p in params)
+        rejected = "invalid values" in msg and ("nan" in msg or "inf" in msg or not finite_params)
+        if rejected or (isinstance(err, RuntimeError) and "probability tensor contains" in msg and not finite_params):
             raise NonFiniteLossError(
                 f"a distribution rejected NaN/inf arguments computed from the trained parameters "
                 f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
@@ -406,6 +410,13 @@ def _global_loss(state: TrainingState, local, first_step: int, compute) -> tuple
     return loss, total / max(count, 1.0)
 
 
+def _distribution_validation(state: TrainingState):
+    """Pyro's validation for this step: as set globally on a run's first step (or always), else off."""
+    if state.config.validate_distributions == "always" or state.step == state.run_start_step:
+        return contextlib.nullcontext()
+    return pyro.validation_enabled(False)
+
+
 def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Callback]) -> float:
     """One pass over ``batches`` (``(rows, whole-batch rows)`` pairs): the mean loss per data point.
 
@@ -425,20 +436,22 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
 
     for local, rows in batches:
         optimizer.zero_grad(set_to_none=True)
-        if dp is None:
-            loss = compute(local)
-            rows = local.batch_size  # compute() checked that it is a MultimodalBatch
-            value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
-        else:
-            loss, value = _global_loss(state, local, first_step, compute)
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"training loss is {value} {_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
-            )
-        if loss is not None:
-            if not loss.requires_grad:
-                raise RuntimeError("the loss does not depend on any trained parameter (check params)")
-            (loss if dp is None else loss * (local.batch_size / rows)).backward()
+        with _distribution_validation(state):
+            if dp is None:
+                loss = compute(local)
+                rows = local.batch_size  # compute() checked that it is a MultimodalBatch
+                value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
+            else:
+                loss, value = _global_loss(state, local, first_step, compute)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training loss is {value} {_where(state, first_step)}. "
+                    "Try a smaller lr, grad_clip, or check the data"
+                )
+            if loss is not None:
+                if not loss.requires_grad:
+                    raise RuntimeError("the loss does not depend on any trained parameter (check params)")
+                (loss if dp is None else loss * (local.batch_size / rows)).backward()
         if dp is not None:
             dp.average_gradients(params)
         clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)
@@ -461,11 +474,10 @@ def clip_gradients(params: list[torch.Tensor], zero_nan: bool, value: float | No
     """Zero NaN gradient elements (``zero_nan``), clamp elements to ``[-value, value]``, clip the global norm."""
     grads = [p.grad for p in params if p.grad is not None]
     if zero_nan:
-        for g in grads:
-            g.masked_fill_(torch.isnan(g), 0.0)
+        for g in grads:  # NaN -> 0, infinities kept (the clamp below bounds them)
+            torch.nan_to_num_(g, nan=0.0, posinf=math.inf, neginf=-math.inf)
     if value is not None:
-        for g in grads:
-            g.clamp_(-value, value)
+        torch.nn.utils.clip_grad_value_(params, value)  # one fused clamp over all gradients
     if norm is not None:
         torch.nn.utils.clip_grad_norm_(params, norm)
 

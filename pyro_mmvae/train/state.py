@@ -122,6 +122,7 @@ class TrainingState:
     loss_sum: float = 0.0
     loss_count: int = 0
     epoch_start_step: int = 0  # ``step`` when the epoch in progress began (for messages)
+    run_start_step: int = 0  # ``step`` when this run of fit began (fresh: 0; resumed: the checkpoint's)
     parallel: Any = None  # a DataParallel under torch.distributed with > 1 process, else None
 
     @property

@@ -84,3 +84,38 @@ def test_the_cache_lives_for_its_block_only():
     assert se.cached(("k",), lambda: torch.zeros(1)).item() == 0.0
     with se.no_shared_encodings(), se.shared_encodings():  # switched off wins
         assert not se.in_shared_block()
+
+
+@pytest.mark.parametrize("name,model,guide", list(pairs()), ids=[p[0] for p in pairs()])
+def test_svi_still_trains_every_parameter_when_networks_register_once_per_loss(name, model, guide):
+    # inside the objective's block each network is registered with pyro.module once: SVI's parameter
+    # capture must still see, and its optimizer step, every parameter of model and guide
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    before = {id(p): p.detach().clone() for p in [*model.parameters(), *guide.parameters()]}
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss=MaskedELBO())
+    svi.step(batch_with_missing())
+    stored = {id(p) for p in pyro.get_param_store().values()}
+    assert stored == set(before)
+    changed = [not torch.equal(before[id(p)], p.detach()) for p in [*model.parameters(), *guide.parameters()]]
+    assert sum(changed) >= 0.9 * len(changed)  # a few biases may get exactly zero gradient on 6 rows
+
+
+def test_a_network_read_twice_in_a_block_is_registered_once():
+    guide = SumPoolingGuide(MODS, 2, feature_dim=6, **POOL)
+
+    class CountParams(pyro.poutine.messenger.Messenger):
+        count = 0
+
+        def _pyro_param(self, msg):
+            CountParams.count += 1
+
+    def param_messages(shared: bool) -> int:
+        CountParams.count = 0
+        with CountParams(), se.shared_encodings() if shared else contextlib.nullcontext():
+            guide(batch_with_missing())
+            guide(batch_with_missing(), ["a"])
+        return CountParams.count
+
+    assert param_messages(True) == len(list(guide.parameters()))
+    assert param_messages(False) > 2 * len(list(guide.parameters()))  # outside a block: every read registers

@@ -475,8 +475,41 @@ class NaNParameterAtStep(BetaELBO):
 def test_nan_parameter_caught_by_validation_is_a_non_finite_loss(tmp_path):
     model, guide = linear_pair()
     with pytest.raises(NonFiniteLossError, match=r"rejected NaN/inf arguments .* at epoch 2, step 2 of that epoch"):
+        fit(model, guide, linear_data(), elbo=NaNParameterAtStep(6), epochs=3, run_dir=tmp_path,
+            validate_distributions="always", **COMMON)  # fmt: skip
+    assert load_checkpoint(tmp_path / "main" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_nan_parameter_after_the_validated_first_step_is_a_non_finite_loss(tmp_path):
+    # by default Pyro's validation checks the first step only; the loss check reports the NaN at the same step
+    model, guide = linear_pair()
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 2, step 2 of that epoch"):
         fit(model, guide, linear_data(), elbo=NaNParameterAtStep(6), epochs=3, run_dir=tmp_path, **COMMON)
     assert load_checkpoint(tmp_path / "main" / "checkpoint.pt")["epoch"] == 1
+
+
+class RecordsValidation(BetaELBO):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def differentiable_loss(self, model, guide, batch, beta=1.0, subset=None):
+        if torch.is_grad_enabled():
+            self.seen.append(pyro.poutine.util.is_validation_enabled())
+        return super().differentiable_loss(model, guide, batch, beta, subset)
+
+
+@pytest.mark.parametrize("setting, expected", [("first_step", [True, False, False]), ("always", [True] * 3)])
+def test_pyro_validation_checks_the_first_step_of_each_run(tmp_path, setting, expected):
+    model, guide = linear_pair()
+    elbo = RecordsValidation()
+    fit(model, guide, linear_data(), elbo=elbo, epochs=1, run_dir=tmp_path, validate_distributions=setting, **COMMON)
+    assert elbo.seen[:3] == expected
+    elbo.seen.clear()  # a resumed run validates its own first step
+    fit(model, guide, linear_data(), elbo=elbo, epochs=2, run_dir=tmp_path, resume=True,
+        validate_distributions=setting, **COMMON)  # fmt: skip
+    assert elbo.seen[:3] == expected
+    assert pyro.poutine.util.is_validation_enabled()  # the global setting is left as it was
 
 
 @pytest.mark.parametrize(
