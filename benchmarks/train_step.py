@@ -1,19 +1,29 @@
 """Time one training step of the masked objective at the permutation-invariant paper's settings.
 
-One step is what ``fit`` does per batch: zero the gradients, the loss, backward, element-wise clipping,
-an Adam step. The settings are those of ``pyro_mmvae.experiments.pi_tables`` (data, networks, batch size,
-learning rate): Table 2 (dense, SumPooling, masked), Table 3 (SumPooling and PoE, masked, one particle)
-and Table 4 (SumPooling, η = 0.5). Each setting is timed with the guide runs of a step sharing one
-encoding per modality (the default, :mod:`pyro_mmvae.nn.shared_encodings`) and without, in alternating
-rounds so that machine noise hits both alike; medians over rounds of ``--steps`` steps.
+One step is what ``fit`` does per batch after its first: zero the gradients, the loss, backward,
+element-wise clipping, an Adam step (fused, as ``fit`` builds it), with Pyro's distribution validation
+off (``fit``'s default ``validate_distributions="first_step"``). The settings are those of
+``pyro_mmvae.experiments.pi_tables`` (data, networks, batch size, learning rate): Table 2 (dense,
+SumPooling, masked), Table 3 (SumPooling and PoE, masked, one particle) and Table 4 (SumPooling,
+η = 0.5). Each setting is timed in alternating rounds, so that machine noise hits all alike:
+
+- ``library``: the step as ``fit`` runs it (guide runs sharing one encoding per modality,
+  :mod:`pyro_mmvae.nn.shared_encodings`);
+- ``validated``: the same with Pyro's validation on (``fit``'s first step, or ``validate_distributions="always"``);
+- ``unshared``: validation off, every guide run encoding its own inputs (:func:`no_shared_encodings`);
+- ``jax``: with ``jax`` installed (the ``[bench]`` extra), the same computation as one jitted JAX
+  function built from the same modules and initial weights
+  (:class:`~pyro_mmvae.experiments.jax_train_step.JaxTrainStep`; SumPooling and PoE settings).
+
+Medians over rounds of ``--steps`` steps, one thread (torch and XLA).
 
     python benchmarks/train_step.py [--steps 30] [--rounds 7] [--threads 1] [--out benchmarks/results/train_step_cpu]
-        [--polymnist-root DIR]
+        [--polymnist-root DIR] [--skip-jax]
 
 ``--polymnist-root`` (a folder built by ``pyro-mmvae data build polymnist``) adds the reduced PolyMNIST
 SumPooling run's step (MoPoE's conv nets, D = 32, batch 64, masked objective).
 
-Last line: ``masked_step_ms_table3_sumpooling=<median ms>`` (shared encodings).
+Last line: ``masked_step_ms_table3_sumpooling=<median ms>`` (the library step).
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ import statistics
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
 from pyro_mmvae.data import iterate_batches
+from pyro_mmvae.experiments.jax_train_step import JaxTrainStep, jax_available
 from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, build_model, make_data
 from pyro_mmvae.experiments.pi_tables.settings import FULL, Row
 from pyro_mmvae.nn.shared_encodings import no_shared_encodings
@@ -77,12 +89,12 @@ def build_polymnist(root: Path):
     return model, guide, elbo, opt, params, batches, None
 
 
-def time_steps(setup, steps: int, shared: bool) -> float:
-    """Median ms of ``steps`` training steps."""
+def time_steps(setup, steps: int, shared: bool = True, validate: bool = False) -> float:
+    """Median ms of ``steps`` training steps (``validate``: Pyro's validation on)."""
     model, guide, elbo, opt, params, batches, settings = setup
     times = []
-    ctx = contextlib.nullcontext() if shared else no_shared_encodings()
-    with ctx:
+    sharing = contextlib.nullcontext() if shared else no_shared_encodings()
+    with sharing, pyro.validation_enabled(validate):
         for i in range(steps):
             batch = batches[i % len(batches)]
             t0 = time.perf_counter()
@@ -96,6 +108,17 @@ def time_steps(setup, steps: int, shared: bool) -> float:
     return 1e3 * statistics.median(times)
 
 
+def jax_step(setup):
+    """The jitted JAX step of a setting, or None where it has no JAX counterpart."""
+    model, guide, elbo, opt, params, batches, settings = setup
+    if settings is None:
+        return None
+    try:
+        return JaxTrainStep(model, guide, settings.lr, settings.clip)
+    except ValueError:
+        return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=30, help="steps per round")
@@ -103,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     p.add_argument("--polymnist-root", type=Path, default=None, help="also time the reduced PolyMNIST SumPooling step")
+    p.add_argument("--skip-jax", action="store_true", help="do not time the jitted JAX reference step")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = run_record(command_line("benchmarks/train_step.py", argv), "cpu", args.threads)
@@ -112,39 +136,54 @@ def main(argv=None) -> int:
             for key, table, section, aggregator, jax in SETTINGS]  # fmt: skip
     if args.polymnist_root is not None:
         plan.insert(0, ("polymnist_sumpooling_mopoe_nets", lambda: build_polymnist(args.polymnist_root), 64, None))
+    jax_reason = None if args.skip_jax else jax_available()
+    if jax_reason is not None and not args.skip_jax:
+        print(f"JAX reference skipped: {jax_reason}")
     for key, make, batch_size, jax_ms in plan:
         setup = make()
-        time_steps(setup, 2, True)  # warm-up
-        shared, unshared = [], []
+        time_steps(setup, 2)  # warm-up
+        jax = None if args.skip_jax or jax_reason is not None else jax_step(setup)
+        if jax is not None:
+            jax.step(setup[5][0])  # compiles
+        timed = {"library": [], "validated": [], "unshared": [], "jax": []}
         for _ in range(args.rounds):
-            shared.append(time_steps(setup, args.steps, True))
-            unshared.append(time_steps(setup, args.steps, False))
+            timed["library"].append(time_steps(setup, args.steps))
+            timed["validated"].append(time_steps(setup, args.steps, validate=True))
+            timed["unshared"].append(time_steps(setup, args.steps, shared=False))
+            if jax is not None:
+                timed["jax"].append(jax.time_steps(setup[5], args.steps))
         row = {
             "setting": key,
             "batch_size": batch_size,
-            "shared_ms": statistics.median(shared),
-            "unshared_ms": statistics.median(unshared),
-            "speedup": statistics.median(u / s for u, s in zip(unshared, shared)),
-            "authors_jax_ms": jax_ms,
+            **{f"{k}_ms": statistics.median(v) if v else None for k, v in timed.items()},
+            "library_vs_jax": statistics.median(a / b for a, b in zip(timed["library"], timed["jax"]))
+            if timed["jax"]
+            else None,
+            "jax_compile_s": None if jax is None else jax.compile_seconds,
+            "authors_jax_ms_reference_machine": jax_ms,
         }
         rows.append(row)
         print(
-            f"{key}: {row['shared_ms']:.2f} ms shared encodings, {row['unshared_ms']:.2f} ms without "
-            f"(x{row['speedup']:.2f}); authors' jitted JAX step: "
-            + ("not measured" if jax_ms is None else f"{jax_ms} ms")
+            f"{key}: library {row['library_ms']:.2f} ms, validated {row['validated_ms']:.2f} ms, unshared "
+            f"{row['unshared_ms']:.2f} ms"
+            + ("" if jax is None else f", JAX {row['jax_ms']:.2f} ms (library/JAX x{row['library_vs_jax']:.2f})")
         )
     last = next(r for r in rows if r["setting"] == "table3_sumpooling")
-    line = f"masked_step_ms_table3_sumpooling={last['shared_ms']:.2f}"
+    line = f"masked_step_ms_table3_sumpooling={last['library_ms']:.2f}"
     if args.out is not None:
         result = {**record, "steps": args.steps, "rounds": args.rounds, "rows": rows}
         atomic_write_json(args.out.with_suffix(".json"), result)
-        table = ["| setting | batch | shared encodings (ms) | without (ms) | speed-up | authors' JAX (ms) |",
-                 "|---|---|---|---|---|---|"]  # fmt: skip
+        table = ["| setting | batch | library (ms) | validated (ms) | unshared (ms) | JAX here (ms) | library / JAX "
+                 "| authors' JAX, reference machine (ms) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+        def ms(v):
+            return "—" if v is None else f"{v:.2f}"
+
         for r in rows:
-            jax = "—" if r["authors_jax_ms"] is None else f"{r['authors_jax_ms']:.1f}"
             table.append(
-                f"| {r['setting']} | {r['batch_size']} | {r['shared_ms']:.2f} | {r['unshared_ms']:.2f} | "
-                f"{r['speedup']:.2f} | {jax} |"
+                f"| {r['setting']} | {r['batch_size']} | {ms(r['library_ms'])} | {ms(r['validated_ms'])} | "
+                f"{ms(r['unshared_ms'])} | {ms(r['jax_ms'])} | {ms(r['library_vs_jax'])} | "
+                f"{ms(r['authors_jax_ms_reference_machine'])} |"
             )
         text = "\n".join(
             [

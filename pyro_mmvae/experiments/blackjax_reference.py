@@ -44,7 +44,7 @@ def blackjax_available() -> str | None:
     return None
 
 
-def _single_threaded_xla() -> None:
+def single_threaded_xla() -> None:
     """Ask XLA for one compute thread (as the torch samplers get), unless jax already started or
     ``XLA_FLAGS`` is set by the user."""
     import os
@@ -93,7 +93,7 @@ def run_blackjax_nuts(
         ``executed_grad_evals`` and ``executed_warmup_grad_evals`` (what the lockstep batch computed: per
         iteration the longest trajectory times C x N); ``executed_steps_per_sampling_iteration``.
     """
-    _single_threaded_xla()
+    single_threaded_xla()
     import blackjax
     import jax
     import jax.numpy as jnp
