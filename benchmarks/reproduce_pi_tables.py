@@ -18,6 +18,9 @@ Usage::
     python benchmarks/reproduce_pi_tables.py --workers 2                   # full settings (weeks on a CPU)
     python benchmarks/reproduce_pi_tables.py --tables 3,4 --generator authors --workers 2
                                          # the published scripts' exact datasets (seeds 1, 2, ...)
+    python benchmarks/reproduce_pi_tables.py --tables 3 --name full \
+        --runs-dir benchmarks/results/pi_tables_full_runs  # the full Table 3, resumed over sessions from the
+                                         # result.json files committed there (--report-only: report, no training)
 
 Numbers compared with the published ones follow the published code where it is known: MCC from the
 first canonical pair (all pairs are reported too), PoE rows with both means (the published numbers are
@@ -168,6 +171,11 @@ def parse_args(argv=None):
         "and the library generator)",
     )
     p.add_argument("--no-progress", action="store_true", help="no per-configuration progress bars")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the configurations already finished under --runs-dir",
+    )
     args = p.parse_args(argv)
     args.tables = [int(t) for t in args.tables.split(",") if t.strip()]
     bad = [t for t in args.tables if t not in LAYOUT]
@@ -247,8 +255,9 @@ def main(argv=None) -> dict:
     poe_means = None if args.poe_mean == "both" else {args.poe_mean}
     plan = make_plan(args.tables, settings, args.objectives, args.sections, args.rows, poe_means)
     report = run_tables(
-        plan, settings, options, runs_dir, out, args.name, command_line(SCRIPT, argv), progress=not args.no_progress
-    )
+        plan, settings, options, runs_dir, out, args.name, command_line(SCRIPT, argv), progress=not args.no_progress,
+        report_only=args.report_only,
+    )  # fmt: skip
     print_claims(report)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} ({report['wall_seconds']:.0f} s)")
     return report

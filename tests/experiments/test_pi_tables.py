@@ -62,6 +62,12 @@ def test_one_table_one_aggregator_end_to_end(script, tmp_path):
     more = script.main([a if a != "1" or argv[i - 1] != "--seeds" else "2" for i, a in enumerate(argv)])
     assert more["num_cached"] == 2 and more["num_configurations"] == 4
     assert more["tables"]["1"]["sections"]["main"]["SumPooling"]["masked"]["llh_gap"]["n"] == 2
+    # --report-only trains nothing: the report holds the stored configurations of the plan, and no others
+    three = [a if a != "1" or argv[i - 1] != "--seeds" else "3" for i, a in enumerate(argv)]
+    stored = script.main([*three, "--report-only"])
+    assert stored["num_configurations"] == 6 and stored["num_cached"] == 4
+    assert stored["tables"]["1"]["sections"] == more["tables"]["1"]["sections"]
+    assert not list((tmp_path / "runs").rglob("seed2"))  # the third seed was not started
 
 
 def test_claims_on_published_numbers():

@@ -118,28 +118,11 @@ def run_configuration(
     run's final checkpoint (``fit`` reloads it without training).
     """
     options = options or RunOptions()
-    if options.generator not in GENERATORS:
-        raise ValueError(f"unknown generator {options.generator!r}; expected one of {GENERATORS}")
     section = find_section(table, section)
     row = find_row(section, row)
-    # the keep probability shapes Table 4's partially observed data only (the authors' generator has its own)
-    keep_prob = options.view_keep_prob if table == 4 and section.eta and options.generator == "library" else None
-    tag = data_tag(options.generator, keep_prob)
-    run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed, tag)
+    run_dir, key = configuration_key(table, section, row, objective, seed, settings, options, runs_dir)
+    keep_prob = key["view_keep_prob"]
     result_file = run_dir / "result.json"
-    key = {
-        "table": table,
-        "section": section.name,
-        "row": row.label,
-        "objective": objective,
-        "seed": seed,
-        "settings": asdict(settings),
-        "mask_sampler": options.mask_sampler,
-        "poe_mean": row.poe_mean,
-        "cond_draws": options.cond_draws,
-        "generator": options.generator,
-        "view_keep_prob": keep_prob,
-    }
     started_at = time.time()
     if result_file.exists():
         cached = json.loads(result_file.read_text())
@@ -186,6 +169,48 @@ def run_configuration(
     atomic_write_json(result_file, result, indent=1)
     result["cached"] = False
     return result
+
+
+def configuration_key(
+    table: int, section: Section, row: Row, objective: str, seed: int, settings: TableSettings, options: RunOptions,
+    runs_dir: str | Path,
+) -> tuple[Path, dict]:  # fmt: skip
+    """``(run folder, key)`` of a configuration: the key is what its ``result.json`` must hold to be reused."""
+    if options.generator not in GENERATORS:
+        raise ValueError(f"unknown generator {options.generator!r}; expected one of {GENERATORS}")
+    # the keep probability shapes Table 4's partially observed data only (the authors' generator has its own)
+    keep_prob = options.view_keep_prob if table == 4 and section.eta and options.generator == "library" else None
+    tag = data_tag(options.generator, keep_prob)
+    run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed, tag)
+    key = {
+        "table": table,
+        "section": section.name,
+        "row": row.label,
+        "objective": objective,
+        "seed": seed,
+        "settings": asdict(settings),
+        "mask_sampler": options.mask_sampler,
+        "poe_mean": row.poe_mean,
+        "cond_draws": options.cond_draws,
+        "generator": options.generator,
+        "view_keep_prob": keep_prob,
+    }
+    return run_dir, key
+
+
+def stored_result(job: Job, options: RunOptions, runs_dir: str | Path) -> dict | None:
+    """The job's stored ``result.json`` when it holds this configuration with current metrics, else None."""
+    run_dir, key = configuration_key(job.table, job.section, job.row, job.objective, job.seed, job.settings, options,
+                                     runs_dir)  # fmt: skip
+    result_file = run_dir / "result.json"
+    if not result_file.exists():
+        return None
+    stored = json.loads(result_file.read_text())
+    if not _same_configuration(stored.get("key"), key):
+        return None
+    if stored["status"] == "finished" and stored.get("evaluation", 1) != EVALUATION_VERSION:
+        return None
+    return {**stored, "cached": True}
 
 
 def _train(model, guide, data, objective, seed, settings: TableSettings, options: RunOptions, run_dir, cpu_log):
@@ -345,8 +370,11 @@ def run_tables(
     name: str,
     command: str,
     progress: bool = True,
+    report_only: bool = False,
 ) -> dict:
     """Run ``plan`` and keep ``<out>.json`` / ``<out>.md`` up to date after every finished configuration.
+
+    ``report_only``: train nothing; the report holds the configurations whose ``result.json`` is stored.
 
     Configurations finished by an earlier call are read back from their ``result.json``, unfinished
     ones resume from their last checkpoint, so the same call both continues a run and rebuilds its
@@ -371,7 +399,13 @@ def run_tables(
         elapsed = time.perf_counter() - start
         write_outputs(build_report(name, settings, results, plan, command, elapsed, options), out)
 
-    run_jobs(plan, options, runs_dir, on_result, on_start)
+    if report_only:
+        for job in plan:
+            stored = stored_result(job, options, runs_dir)
+            if stored is not None:
+                results[job.key] = stored
+    else:
+        run_jobs(plan, options, runs_dir, on_result, on_start)
     bar.close()
     report = build_report(name, settings, results, plan, command, time.perf_counter() - start, options)
     write_outputs(report, out)
