@@ -3,8 +3,8 @@
 What a JAX user gets when the whole step — masked bound, gradient, NaN zeroing, element-wise clipping
 and Adam — is one ``jax.jit``-compiled function, as in the permutation-invariant paper's published
 code. It is built FROM the library's model and guide (an aggregation guide with sum pooling or a
-product of experts, a :class:`~pyro_mmvae.models.MultimodalVAE` with fixed-scale Normal or one-hot
-categorical likelihoods and a standard-normal prior): the same layers, widths, activations and initial
+product of experts, a :class:`~pyro_mmvae.models.MultimodalVAE` with Normal (fixed or learned
+scale) or one-hot categorical likelihoods and a standard-normal prior): the same layers, widths, activations and initial
 weights, so both sides do the same arithmetic per step:
 
 - each modality encoded once, ``h_s = enc_s(x_s)`` with ``x_s`` zeroed in missing rows;
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..distributions.experts import POE_LOG_VARIANCE_KNEE
+from ..distributions.likelihoods import MIN_SCALE
 from ..distributions.positive import EXP_LINEAR_KNEE
 from ..guides.aggregation import PoEGuide, SumPoolingGuide
 from .blackjax_reference import single_threaded_xla
@@ -74,8 +75,8 @@ class JaxTrainStep:
     """One jitted masked-objective step with the architecture and initial weights of ``model`` and ``guide``.
 
     Args:
-        model: a :class:`~pyro_mmvae.models.MultimodalVAE` (standard-normal prior; fixed-scale
-            ``normal`` or ``onehot_categorical`` likelihoods).
+        model: a :class:`~pyro_mmvae.models.MultimodalVAE` (standard-normal prior;
+            ``normal`` (fixed or learned scale) or ``onehot_categorical`` likelihoods).
         guide: a :class:`~pyro_mmvae.guides.aggregation.SumPoolingGuide` or
             :class:`~pyro_mmvae.guides.aggregation.PoEGuide` (correct mean).
         lr, clip: Adam's learning rate and the element-wise gradient clip.
@@ -103,11 +104,14 @@ class JaxTrainStep:
         self.latent_dim = guide.latent_dim
         for name, enc in guide.encoders.encoders.items():
             nets[f"enc_{name}"] = network_layers(enc)
-        self.likelihoods = {}
+        self.likelihoods, raw_scales = {}, {}
         for name in self.names:
             nets[f"dec_{name}"] = network_layers(model.decoders[name])
             lik = model.likelihoods[name]
-            if lik.kind == "normal" and not lik.modality.learn_scale:
+            if lik.kind == "normal" and lik.modality.learn_scale:  # σ = MIN_SCALE + softplus(raw), trained
+                self.likelihoods[name] = ("normal", None)
+                raw_scales[name] = lik.raw_scale.detach().numpy().copy()
+            elif lik.kind == "normal":
                 self.likelihoods[name] = ("normal", float(lik.scale()))
             elif lik.kind == "onehot_categorical":
                 self.likelihoods[name] = ("onehot", None)
@@ -117,6 +121,7 @@ class JaxTrainStep:
         self.structure = {k: [layer if layer[0] != "dense" else ("dense",) for layer in v] for k, v in nets.items()}
         params = {k: [(jnp.asarray(layer[1]), jnp.asarray(layer[2])) for layer in v if layer[0] == "dense"]
                   for k, v in nets.items()}  # fmt: skip
+        params["raw_scales"] = {k: jnp.asarray(v) for k, v in raw_scales.items()}
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         self.state = (params, zeros, zeros, jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
         self.lr, self.clip = float(lr), float(clip)
@@ -181,6 +186,8 @@ class JaxTrainStep:
                 p = self._net(f"dec_{n}", params, z)
                 kind, scale = self.likelihoods[n]
                 if kind == "normal":
+                    if scale is None:
+                        scale = MIN_SCALE + jax.nn.softplus(params["raw_scales"][n])
                     out.append(self._normal_lp(jnp, data[n], p, scale))
                 else:
                     out.append((data[n] * jax.nn.log_softmax(p, -1)).sum(-1))
