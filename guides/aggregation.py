@@ -185,15 +185,10 @@ class ModalityEncoders(nn.Module):
             )
         inputs = [(batch.data[n], batch.present[n]) for n in encoders]
         key = (id(self), "stacked", *(k for x, p in inputs for k in (*tensor_key(x), *tensor_key(p))))
-        return cached(key, lambda: self._stack_shared(encoders, inputs, batch), keep=tuple(inputs))
-
-    def _stack_shared(self, encoders: nn.ModuleDict, inputs: list, batch: MultimodalBatch) -> torch.Tensor:
-        feats = []
-        for (name, enc), (x, present) in zip(encoders.items(), inputs):
-            key = (id(self), name, tensor_key(x), tensor_key(present))
-            encode = lambda n=name, e=enc, x=x, p=present: self._encode(n, e, x, p, batch)  # noqa: E731
-            feats.append(cached(key, encode, keep=(x, present)))
-        return torch.stack(feats, dim=-2)
+        encode = lambda: torch.stack(  # noqa: E731
+            [self._encode(n, enc, x, p, batch) for (n, enc), (x, p) in zip(encoders.items(), inputs)], dim=-2
+        )
+        return cached(key, encode, keep=tuple(inputs))
 
     def _encode(self, name: str, enc: nn.Module, x: torch.Tensor, keep: torch.Tensor, batch) -> torch.Tensor:
         keep = keep.reshape(-1, *([1] * (x.dim() - 1)))

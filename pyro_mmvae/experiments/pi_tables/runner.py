@@ -124,13 +124,11 @@ def run_configuration(
     keep_prob = key["view_keep_prob"]
     result_file = run_dir / "result.json"
     started_at = time.time()
-    if result_file.exists():
-        cached = json.loads(result_file.read_text())
-        if _same_configuration(cached.get("key"), key):
-            if cached.get("evaluation", 1) == EVALUATION_VERSION or cached["status"] != "finished":
-                cached["cached"] = True
-                return cached
-            started_at = cached.get("started_at") or started_at  # re-evaluation of stored weights
+    cached = _read_result(result_file, key)
+    if cached is not None:
+        if _current(cached):
+            return {**cached, "cached": True}
+        started_at = cached.get("started_at") or started_at  # re-evaluation of stored weights
     data = make_data(
         table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws, options.generator,
         keep_prob,
@@ -202,15 +200,21 @@ def stored_result(job: Job, options: RunOptions, runs_dir: str | Path) -> dict |
     """The job's stored ``result.json`` when it holds this configuration with current metrics, else None."""
     run_dir, key = configuration_key(job.table, job.section, job.row, job.objective, job.seed, job.settings, options,
                                      runs_dir)  # fmt: skip
-    result_file = run_dir / "result.json"
+    stored = _read_result(run_dir / "result.json", key)
+    return {**stored, "cached": True} if stored is not None and _current(stored) else None
+
+
+def _read_result(result_file: Path, key: dict) -> dict | None:
+    """The stored result of the configuration ``key``, or None (no file, or another configuration's)."""
     if not result_file.exists():
         return None
     stored = json.loads(result_file.read_text())
-    if not _same_configuration(stored.get("key"), key):
-        return None
-    if stored["status"] == "finished" and stored.get("evaluation", 1) != EVALUATION_VERSION:
-        return None
-    return {**stored, "cached": True}
+    return stored if _same_configuration(stored.get("key"), key) else None
+
+
+def _current(stored: dict) -> bool:
+    """Whether a stored result needs no re-evaluation (metrics of this version, or a run that did not finish)."""
+    return stored.get("evaluation", 1) == EVALUATION_VERSION or stored["status"] != "finished"
 
 
 def _train(model, guide, data, objective, seed, settings: TableSettings, options: RunOptions, run_dir, cpu_log):
