@@ -98,6 +98,7 @@ def kill_point(event: str, detail: str | None = None) -> None:
     - ``atomic_write:before_replace:<file name>``: the temporary file is complete and fsync-ed,
       the rename onto the target has not happened;
     - ``fit_step:<stage>``: after an optimizer step of ``fit`` (mid-epoch);
+    - ``ensemble_step:<stage>``: after an optimizer step of ``fit_ensemble`` (mid-epoch);
     - ``stage_end:<stage>``: a stage of the CLI pipeline returned, the next has not begun.
 
     Under ``torchrun`` every process sees the variable; ``PYRO_MMVAE_KILL_RANK=<r>`` restricts the kill

@@ -73,6 +73,17 @@ def validate_for(batch: MultimodalBatch, *owners, what: str = "batch", allow_unk
     return validate_batch(batch, declared_modalities(*owners), what=what, allow_unknown=allow_unknown)
 
 
+def mark_validated(batch: MultimodalBatch, modalities: Mapping[str, Modality] | None) -> MultimodalBatch:
+    """Mark ``batch`` as validated against ``modalities`` without checking it; returns ``batch``.
+
+    For a batch assembled from batches that each passed :func:`validate_batch` (the ensemble trainer
+    stacks its members' validated batches inside ``vmap``, where value checks cannot run).
+    """
+    key = None if modalities is None else dict(modalities)
+    setattr(batch, _MARK, (key, _stamp(batch), None))
+    return batch
+
+
 def prepare_batch(batch, device, *owners, what: str = "batch") -> MultimodalBatch:
     """``batch`` moved to ``device`` and validated against the ``owners``' modalities (the trainer's step)."""
     if not isinstance(batch, MultimodalBatch):

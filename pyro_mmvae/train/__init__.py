@@ -8,6 +8,8 @@
 - :mod:`~pyro_mmvae.train.run_files`, :mod:`~pyro_mmvae.train.checkpoint`, :mod:`~pyro_mmvae.train.stages` —
   the run folder, atomic ``weights_only`` checkpoints with RNG states, multistage runs;
 - :mod:`~pyro_mmvae.train.projectors` — the JNF-Shared projector stage;
+- :mod:`~pyro_mmvae.train.ensemble` — :func:`fit_ensemble`, several seeds of one architecture trained in one
+  vectorised loop (``torch.func.vmap``), each member equal to its own ``fit``;
 - :mod:`~pyro_mmvae.train.data_parallel` — the same ``fit`` over N processes started by ``torchrun``;
 - :mod:`~pyro_mmvae.train.tracking` — MLflow and Weights & Biases loggers (optional extras).
 """
@@ -23,6 +25,7 @@ from .callbacks import (
 )
 from .checkpoint import CheckpointError, CheckpointMismatchError
 from .config import FitConfig
+from .ensemble import EnsembleResult, Member, VectorisationError, fit_ensemble, members_from
 from .loop import fit
 from .projectors import train_projectors
 from .schedules import Constant, CosineLR, LinearAnnealing, Schedule, StepLR
@@ -31,6 +34,11 @@ from .state import FitResult, NonFiniteLossError, TrainingState
 
 __all__ = [
     "fit",
+    "fit_ensemble",
+    "Member",
+    "members_from",
+    "EnsembleResult",
+    "VectorisationError",
     "FitConfig",
     "FitResult",
     "NonFiniteLossError",
