@@ -2,7 +2,9 @@
 
 One step is what ``fit`` does per batch after its first: zero the gradients, the loss, backward,
 element-wise clipping, an Adam step (fused, as ``fit`` builds it), with Pyro's distribution validation
-off (``fit``'s default ``validate_distributions="first_step"``). The settings are those of
+off (``fit``'s default ``validate_distributions="first_step"``) and the networks read without
+``pyro.module`` registration (``fit``'s optimizer holds the parameters:
+:func:`~pyro_mmvae.nn.shared_encodings.without_module_registration`). The settings are those of
 ``pyro_mmvae.experiments.pi_tables`` (data, networks, batch size, learning rate): Table 2 (dense,
 SumPooling, masked), Table 3 (SumPooling and PoE, masked, one particle) and Table 4 (SumPooling,
 η = 0.5). Each setting is timed in alternating rounds, so that machine noise hits all alike:
@@ -41,7 +43,7 @@ from pyro_mmvae.data import iterate_batches
 from pyro_mmvae.experiments.jax_train_step import JaxTrainStep, jax_available
 from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, build_model, make_data
 from pyro_mmvae.experiments.pi_tables.settings import FULL, Row
-from pyro_mmvae.nn.shared_encodings import no_shared_encodings
+from pyro_mmvae.nn.shared_encodings import no_shared_encodings, without_module_registration
 from pyro_mmvae.train.loop import clip_gradients
 from pyro_mmvae.train.optim import build_optimizer
 from pyro_mmvae.utils import atomic_write, atomic_write_json, command_line, run_record, set_seed
@@ -94,7 +96,7 @@ def time_steps(setup, steps: int, shared: bool = True, validate: bool = False) -
     model, guide, elbo, opt, params, batches, settings = setup
     times = []
     sharing = contextlib.nullcontext() if shared else no_shared_encodings()
-    with sharing, pyro.validation_enabled(validate):
+    with sharing, pyro.validation_enabled(validate), without_module_registration():  # as fit runs a step
         for i in range(steps):
             batch = batches[i % len(batches)]
             t0 = time.perf_counter()

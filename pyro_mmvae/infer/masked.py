@@ -23,12 +23,15 @@ TC bound (``TCELBO``, Remark 17)::
 Generic formulation. Every term comes from Pyro traces, so any model/guide pair following the
 site convention works: ``model(batch, beta)`` with latent site ``"z"`` (plus optional private
 latents ``"w_<name>"``) and observed sites ``"x_<name>"``; ``guide(batch, subset, beta)``. The
-guide is traced with subset S (→ z_S) and with S = M (→ z_M); the guide with subset S is then
-REPLAYED on the M-trace's latent values, which gives log q(z_M | x_S) summed over all latent sites.
-For a guide with private latents, which samples w_s from the prior p(w_s | z′) for s ∉ S, that
-replay is exactly Algorithm 2's β[log q(z′_M|x_S) + log q(z̃_{M,S}|z′_M, x_S) + log p(z̃_{M,\\S}|z′_M)].
-The model is replayed on each guide trace. Per-row masks select likelihood terms with
-``torch.where`` (never multiplication, so a non-finite masked entry cannot leak). β enters through
+guide is traced with S = M (→ z_M), then with subset S and twice the particles: the first L are
+fresh draws z_S, the last L REPLAY the M-trace's latent values, which gives log q(z_M | x_S) summed
+over all latent sites, in the same run. For a guide with private latents, which samples w_s from the
+prior p(w_s | z′) for s ∉ S, that replay is exactly Algorithm 2's
+β[log q(z′_M|x_S) + log q(z̃_{M,S}|z′_M, x_S) + log p(z̃_{M,\\S}|z′_M)].
+The model, which does not depend on S, is replayed once on all 2L particles (z_S and z_M): three
+program runs per evaluation (:func:`~pyro_mmvae.infer.traces.draw_subset_terms`). Per-row masks
+select likelihood terms with ``torch.where`` (never multiplication, so a non-finite masked entry
+cannot leak). β enters through
 the sites' ``poutine.scale`` in model and guide, so it multiplies every log p(z) and log q term.
 Reconstruction weights w_s multiply log p(x_s|·) in training only (``weighted=False`` evaluates
 the plain bound).

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..data.batch import MultimodalBatch, Subset
@@ -53,14 +54,23 @@ def _with_particles(fn: Callable, num_particles: int) -> Callable:
 
 
 def trace_guide(
-    guide, batch: MultimodalBatch, subset: Subset = None, beta: float = 1.0, num_particles: int = 1, log_prob=True
+    guide,
+    batch: MultimodalBatch,
+    subset: Subset = None,
+    beta: float = 1.0,
+    num_particles: int = 1,
+    log_prob=True,
+    outer: Messenger | None = None,
 ):
     """Trace ``guide(batch, subset=subset, beta=beta)`` with ``num_particles`` vectorised particles.
 
     ``log_prob=False`` leaves the sites' ``log_prob`` uncomputed (for callers that evaluate q otherwise,
-    e.g. under stop-gradient parameters).
+    e.g. under stop-gradient parameters). ``outer``: a handler installed around the particle plate.
     """
-    tr = poutine.trace(_with_particles(guide, num_particles)).get_trace(batch, subset=subset, beta=beta)
+    program = _with_particles(guide, num_particles)
+    if outer is not None:
+        program = outer(program)
+    tr = poutine.trace(program).get_trace(batch, subset=subset, beta=beta)
     if log_prob:
         tr.compute_log_prob()
     return tr
@@ -236,11 +246,43 @@ def draw_subset_terms(
     replay the guide with subset S on z_M (part ``"cross"``, needs ``"M"``).
 
     ``subset`` must already be per-row masks within presence (``batch.subset_mask(...)``).
-    ``batch`` is validated as in :func:`run_pair`. The three guide runs share one encoding of each
-    modality (:func:`~pyro_mmvae.nn.shared_encodings.shared_encodings`).
+    ``batch`` is validated as in :func:`run_pair`. With all three parts, three programs run: the
+    guide for z_M; the guide with subset S on 2L particles, L fresh (z_S) and L replaying z_M (the
+    cross term in the same run); the model on those 2L particles. The guide runs share one encoding
+    of each modality (:func:`~pyro_mmvae.nn.shared_encodings.shared_encodings`).
     """
     with shared_encodings():
         return _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, weights, parts)
+
+
+class _ReplayTrailingParticles(Messenger):
+    """Draw the first ``num_fresh`` particles of every latent site afresh and take the rest from ``trace``.
+
+    Installed OUTSIDE the particle plate (so each site's distribution is already expanded to
+    ``(2L, B)`` when it is reached): one run of a guide then gives L fresh draws and, on the next L
+    particles, the guide evaluated at the values of ``trace`` (a run with L particles), exactly as a
+    separate ``poutine.replay`` run would. The particle plate sits at dim −2 of the batch dims, so a
+    site with event dim e concatenates along dim ``-(e + 2)``.
+    """
+
+    def __init__(self, trace, num_fresh: int):
+        super().__init__()
+        self.trace, self.num_fresh = trace, int(num_fresh)
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or site_is_subsample(msg) or msg["name"] not in self.trace.nodes:
+            return
+        fn = msg["fn"]
+        fresh = fn.rsample() if fn.has_rsample else fn.sample()
+        dim = fresh.dim() - fn.event_dim - 2
+        replayed = self.trace.nodes[msg["name"]]["value"]
+        msg["value"] = torch.cat([fresh.narrow(dim, 0, self.num_fresh), replayed], dim)
+        msg["done"] = True
+
+
+def _halves(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t[:n], t[n:])`` along the particle dim of an ``(2L, B)`` tensor."""
+    return t[:n], t[n:]
 
 
 def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, weights, parts) -> SubsetDraw:
@@ -249,34 +291,58 @@ def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, we
     unknown = parts - {"S", "M", "cross"}
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; expected a subset of ('S', 'M', 'cross')")
-    b = batch.batch_size
+    b, n = batch.batch_size, num_particles
     present = batch.subset_mask(None)
-    rest = {n: present[n] & ~subset[n] for n in present}
+    rest = {k: present[k] & ~subset[k] for k in present}
     out = SubsetDraw(subset=dict(subset), rest=rest, present=present)
-    # with STL the draws' own log q are evaluated under stop-gradient parameters only
-    if "S" in parts:
-        g = trace_guide(guide, batch, subset, beta, num_particles, log_prob=not stl)
-        m = trace_model(model, g, batch, beta, num_particles)
-        check_latent_sites(g, m)
-        out.recon_S = observed_log_probs(m, batch, weights)
-        out.log_p_S = latent_log_prob(m, b)
-        out.log_q_S = latent_log_prob(g, b, detach=stl)
+    # With STL the draws' own log q are evaluated under stop-gradient parameters only. Traces:
+    # q(·|x_M) for z_M; q(·|x_S) for z_S, in the same run evaluated at z_M (2L particles: L fresh,
+    # L replayed); the model once on all 2L particles (it does not depend on the subset).
+    g_m = None
     if "M" in parts or "cross" in parts:
-        g = trace_guide(guide, batch, None, beta, num_particles, log_prob=not stl)
-        if "M" in parts:
-            m = trace_model(model, g, batch, beta, num_particles)
-            check_latent_sites(g, m)
-            out.recon_M = observed_log_probs(m, batch, weights)
-            out.log_p_M = latent_log_prob(m, b)
-            out.log_q_M = latent_log_prob(g, b, detach=stl)
-        if "cross" in parts:
-            # q(·|x_S) evaluated at z_M: gradients flow through its parameters AND through z_M.
-            cross = trace_guide(poutine.replay(guide, trace=g), batch, subset, beta, num_particles)
-            if set(sample_sites(cross, observed=False)) != set(sample_sites(g, observed=False)):
-                raise ValueError(
-                    "the guide samples different latent sites for subset S than for all modalities "
-                    f"({sorted(sample_sites(cross, observed=False))} vs {sorted(sample_sites(g, observed=False))}); "
-                    "q(z_M | x_S) needs every site (sample private latents of modalities outside S from their prior)"
-                )
-            out.log_q_M_given_S = latent_log_prob(cross, b)
+        g_m = trace_guide(guide, batch, None, beta, n, log_prob=not stl)
+        out.log_q_M = latent_log_prob(g_m, b, detach=stl) if "M" in parts else None
+    if "cross" in parts and "S" in parts:
+        # particles [:L] are z_S ~ q(·|x_S), particles [L:] are z_M with q(z_M|x_S) never detached
+        both = trace_guide(guide, batch, subset, beta, 2 * n, outer=_ReplayTrailingParticles(g_m, n))
+        _check_same_latent_sites(both, g_m)
+        lq_s, out.log_q_M_given_S = _halves(latent_log_prob(both, b), n)
+        out.log_q_S = latent_log_prob(both, b, detach=True)[:n] if stl else lq_s
+        g_s = both
+    elif "cross" in parts:
+        cross = trace_guide(poutine.replay(guide, trace=g_m), batch, subset, beta, n)
+        _check_same_latent_sites(cross, g_m)
+        out.log_q_M_given_S = latent_log_prob(cross, b)
+        g_s = None
+    elif "S" in parts:
+        g_s = trace_guide(guide, batch, subset, beta, n, log_prob=not stl)
+        out.log_q_S = latent_log_prob(g_s, b, detach=stl)
+    else:
+        g_s = None
+    if g_s is not None:  # the model on z_S (and on z_M when g_s holds both: it does not depend on S)
+        holds_m = "cross" in parts
+        m = trace_model(model, g_s, batch, beta, 2 * n if holds_m else n)
+        check_latent_sites(g_s, m)
+        recon, log_p = observed_log_probs(m, batch, weights), latent_log_prob(m, b)
+        if holds_m:
+            out.recon_S = {k: v[:n] for k, v in recon.items()}
+            out.log_p_S = log_p[:n]
+            if "M" in parts:
+                out.recon_M = {k: v[n:] for k, v in recon.items()}
+                out.log_p_M = log_p[n:]
+        else:
+            out.recon_S, out.log_p_S = recon, log_p
+    if "M" in parts and out.recon_M is None:
+        m = trace_model(model, g_m, batch, beta, n)
+        check_latent_sites(g_m, m)
+        out.recon_M, out.log_p_M = observed_log_probs(m, batch, weights), latent_log_prob(m, b)
     return out
+
+
+def _check_same_latent_sites(cross, g_m) -> None:
+    if set(sample_sites(cross, observed=False)) != set(sample_sites(g_m, observed=False)):
+        raise ValueError(
+            "the guide samples different latent sites for subset S than for all modalities "
+            f"({sorted(sample_sites(cross, observed=False))} vs {sorted(sample_sites(g_m, observed=False))}); "
+            "q(z_M | x_S) needs every site (sample private latents of modalities outside S from their prior)"
+        )

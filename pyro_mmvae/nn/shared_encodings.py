@@ -1,7 +1,8 @@
 """Encode each modality once per objective evaluation, however many subsets the objective looks at.
 
-The subset objectives (:mod:`pyro_mmvae.infer.masked`) run an aggregation guide three times per step:
-q(·|x_S) for z_S, q(·|x_M) for z_M, and q(·|x_S) again for log q(z_M|x_S). The set networks and
+The subset objectives (:mod:`pyro_mmvae.infer.masked`) run an aggregation guide for several subsets
+per step: q(·|x_M) for z_M and q(·|x_S) for z_S and log q(z_M|x_S) (the masked bound; the TC bound
+and the mixture baselines run q(·|x_S) again on replayed values). The set networks and
 products of experts ignore every modality outside the subset (:mod:`pyro_mmvae.nn.set_aggregators`:
 entries outside S are excluded with ``torch.where`` and masked attention), so a modality's features
 may be computed once, from its inputs zeroed where the modality is missing, and reused for every
@@ -10,8 +11,8 @@ subset. Inside ``with shared_encodings():`` three things are computed once per b
 - each modality's features (:class:`~pyro_mmvae.guides.aggregation.ModalityEncoders`), and their
   stacked ``(B, M, E)`` tensor;
 - per-element set-network outputs that do not depend on the subset (sum pooling's χ(h_s));
-- a guide's q(·|x_S) for one batch and subset object (:func:`cached_for`): the third guide run of the
-  masked bound, q(·|x_S) evaluated at z_M, reuses the distribution of the first.
+- a guide's q(·|x_S) for one batch and subset object (:func:`cached_for`): a replayed run of q(·|x_S)
+  (the TC bound's log q(z_M|x_S)) reuses the distribution of the first.
 
 Outside a block every call computes afresh. The cache lives for the ``with`` block only (one loss
 evaluation, during which the parameters do not change), and gradients flow through the one shared
@@ -30,6 +31,8 @@ from pyro.nn import PyroModule
 
 # None: no block; a dict: the cache of the active block; False: sharing switched off (no_shared_encodings)
 _cache: ContextVar[dict | bool | None] = ContextVar("pyro_mmvae_shared_encodings", default=None)
+# False inside without_module_registration(): the library's networks emit no pyro.module statements
+_register: ContextVar[bool] = ContextVar("pyro_mmvae_register_modules", default=True)
 
 
 @contextmanager
@@ -107,6 +110,24 @@ def cached_for(owner: object, what: str, batch: object, subset, compute: Callabl
     return cached((id(owner), what, id(batch), subset_key(subset)), compute, keep=(owner, batch, subset))
 
 
+@contextmanager
+def without_module_registration() -> Iterator[None]:
+    """Inside the block, the library's models and guides read their networks without ``pyro.module``.
+
+    For trainers whose optimizer holds the modules' parameters itself (``fit`` and ``fit_ensemble``
+    take them from ``model.parameters()`` and ``guide.parameters()``): there the registration — one
+    ``pyro.param`` message per parameter per network read, and the param store kept in step — is pure
+    overhead (about 9 % of a small model's training step). Not for ``pyro.infer.SVI``, whose optimizer
+    finds the parameters through those ``param`` sites. A user's own ``pyro.module`` and ``pyro.param``
+    statements, and the parameters of ``PyroModule`` networks, are registered as always.
+    """
+    token = _register.set(False)
+    try:
+        yield
+    finally:
+        _register.reset(token)
+
+
 class RegisterModulesOnce:
     """Mixin for a ``PyroModule`` whose plain ``nn.Module`` attributes are read in every run of a program.
 
@@ -114,13 +135,16 @@ class RegisterModulesOnce:
     message per parameter). Inside :func:`shared_encodings` the first read of an attribute registers
     it and later reads in the block return it directly: an objective that runs the program several
     times registers every network once per evaluation, which is all that ``pyro.infer.SVI``'s parameter
-    capture (a trace around the whole loss) needs. Outside a block nothing changes.
+    capture (a trace around the whole loss) needs. Inside :func:`without_module_registration` no read
+    registers. Otherwise nothing changes.
     """
 
     def __getattr__(self, name: str):
-        if in_shared_block():
-            modules = self.__dict__.get("_modules")
-            if modules is not None and name in modules and not isinstance(modules[name], PyroModule):
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules and not isinstance(modules[name], PyroModule):
+            if not _register.get():
+                return modules[name]
+            if in_shared_block():
                 read = super().__getattr__
                 return cached((id(self), "module", name), lambda: read(name), keep=(self,))
         return super().__getattr__(name)

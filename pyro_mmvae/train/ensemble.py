@@ -60,6 +60,7 @@ from ..data.validation import declared_modalities, mark_validated, prepare_batch
 from ..errors import InputError, InputTypeError
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
+from ..nn.shared_encodings import without_module_registration
 from ..utils import atomic_write, kill_point, resolve_device, to_jsonable
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, FitConfig
@@ -120,7 +121,8 @@ class _Pair(torch.nn.Module):
         self.objective = objective
 
     def forward(self, batch: MultimodalBatch, loss_kwargs: dict) -> torch.Tensor:
-        return self.objective.differentiable_loss(self.model, self.guide, batch, **loss_kwargs)
+        with without_module_registration():  # as in fit: the stacked parameters are the optimizer's
+            return self.objective.differentiable_loss(self.model, self.guide, batch, **loss_kwargs)
 
 
 class _BatchedParamsPassThrough(Messenger):

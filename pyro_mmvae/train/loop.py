@@ -40,6 +40,7 @@ from ..data.validation import declared_modalities, prepare_batch
 from ..distributed import DistributedError, broadcast_object, check_joined, on_main, rank_device, world
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
+from ..nn.shared_encodings import without_module_registration
 from ..utils import kill_point, resolve_device, set_seed, to_jsonable
 from .callbacks import (
     Callback,
@@ -373,7 +374,8 @@ def _shares(state: TrainingState, source: DataSource, epoch: int, shuffle: bool)
 def _loss(state: TrainingState, batch, loss_kwargs: dict, first_step: int) -> torch.Tensor:
     """The objective on ``batch``; a distribution rejecting NaN arguments is reported as a non-finite loss."""
     try:
-        return state.objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
+        with without_module_registration():  # the optimizer holds the parameters: no param sites needed
+            return state.objective.differentiable_loss(state.model, state.guide, batch, **loss_kwargs)
     except (ValueError, RuntimeError) as err:
         # a NaN produced by the networks surfaces before any loss exists: with validation on as a
         # distribution's ValueError ("found invalid values"), with it off as a sampler's RuntimeError
@@ -489,7 +491,8 @@ def _validate(state: TrainingState, val: DataSource, epoch: int, beta: float) ->
 
     def compute(batch):
         batch = prepare_batch(batch, state.device, state.model, state.guide, what="val_data")
-        return state.objective.differentiable_loss(state.model, state.guide, batch, beta=beta, **config.loss_kwargs)
+        with without_module_registration():
+            return state.objective.differentiable_loss(state.model, state.guide, batch, beta=beta, **config.loss_kwargs)
 
     total, count = 0.0, 0
     for local, rows in _shares(state, val, epoch, shuffle=False):

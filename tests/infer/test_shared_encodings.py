@@ -119,3 +119,33 @@ def test_a_network_read_twice_in_a_block_is_registered_once():
 
     assert param_messages(True) == len(list(guide.parameters()))
     assert param_messages(False) > 2 * len(list(guide.parameters()))  # outside a block: every read registers
+
+
+@pytest.mark.parametrize("name,model,guide", list(pairs()), ids=[p[0] for p in pairs()])
+def test_without_module_registration_no_param_site_and_the_same_loss_and_gradients(name, model, guide):
+    # fit's mode: its optimizer holds the parameters, so the networks skip pyro.module
+    params = []
+
+    class RecordParams(pyro.poutine.messenger.Messenger):
+        def _pyro_param(self, msg):
+            params.append(msg["name"])
+
+    batch, elbo = batch_with_missing(), MaskedELBO(num_particles=2)
+    mask = {"a": torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool), "b": batch.present["b"]}
+    mask["c"] = torch.zeros(6, dtype=torch.bool)
+    pyro.clear_param_store()
+    with RecordParams(), se.without_module_registration():
+        unregistered, grads = loss_and_grads(elbo, model, guide, batch, mask, True)
+    module_params = {id(p) for m in [model, guide] for mod in m.modules() if not isinstance(mod, pyro.nn.PyroModule)
+                     for p in mod.parameters(recurse=False)}  # fmt: skip
+    stored = {id(p) for p in pyro.get_param_store().values()}
+    assert not stored & module_params  # the store never saw a plain network's parameter
+    assert len(params) < len(module_params)
+    with RecordParams():
+        params.clear()
+        registered, registered_grads = loss_and_grads(elbo, model, guide, batch, mask, True)
+    assert len(params) >= len(module_params)
+    assert torch.equal(unregistered, registered)
+    assert grads.keys() == registered_grads.keys()
+    for key in grads:
+        assert torch.equal(grads[key], registered_grads[key]), key
