@@ -256,18 +256,18 @@ def draw_subset_terms(
 
 
 class _ReplayTrailingParticles(Messenger):
-    """Draw the first ``num_fresh`` particles of every latent site afresh and take the rest from ``trace``.
+    """Draw the leading particles of every latent site afresh and take the trailing ones from ``trace``.
 
     Installed OUTSIDE the particle plate (so each site's distribution is already expanded to
-    ``(2L, B)`` when it is reached): one run of a guide then gives L fresh draws and, on the next L
-    particles, the guide evaluated at the values of ``trace`` (a run with L particles), exactly as a
-    separate ``poutine.replay`` run would. The particle plate sits at dim −2 of the batch dims, so a
-    site with event dim e concatenates along dim ``-(e + 2)``.
+    ``(2L, B)`` when it is reached): a run of a guide with 2L particles, ``trace`` holding L, gives L
+    fresh draws and, on the last L particles, the guide evaluated at the values of ``trace``, exactly
+    as a separate ``poutine.replay`` run would. The particle plate sits at dim −2 of the batch dims,
+    so a site with event dim e concatenates along dim ``-(e + 2)``.
     """
 
-    def __init__(self, trace, num_fresh: int):
+    def __init__(self, trace):
         super().__init__()
-        self.trace, self.num_fresh = trace, int(num_fresh)
+        self.trace = trace
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or site_is_subsample(msg) or msg["name"] not in self.trace.nodes:
@@ -276,13 +276,8 @@ class _ReplayTrailingParticles(Messenger):
         fresh = fn.rsample() if fn.has_rsample else fn.sample()
         dim = fresh.dim() - fn.event_dim - 2
         replayed = self.trace.nodes[msg["name"]]["value"]
-        msg["value"] = torch.cat([fresh.narrow(dim, 0, self.num_fresh), replayed], dim)
+        msg["value"] = torch.cat([fresh.narrow(dim, 0, fresh.shape[dim] - replayed.shape[dim]), replayed], dim)
         msg["done"] = True
-
-
-def _halves(t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(t[:n], t[n:])`` along the particle dim of an ``(2L, B)`` tensor."""
-    return t[:n], t[n:]
 
 
 def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, weights, parts) -> SubsetDraw:
@@ -301,13 +296,15 @@ def _draw_subset_terms(model, guide, batch, subset, beta, num_particles, stl, we
     g_m = None
     if "M" in parts or "cross" in parts:
         g_m = trace_guide(guide, batch, None, beta, n, log_prob=not stl)
-        out.log_q_M = latent_log_prob(g_m, b, detach=stl) if "M" in parts else None
+        if "M" in parts:
+            out.log_q_M = latent_log_prob(g_m, b, detach=stl)
     if "cross" in parts and "S" in parts:
         # particles [:L] are z_S ~ q(·|x_S), particles [L:] are z_M with q(z_M|x_S) never detached
-        both = trace_guide(guide, batch, subset, beta, 2 * n, outer=_ReplayTrailingParticles(g_m, n))
+        both = trace_guide(guide, batch, subset, beta, 2 * n, outer=_ReplayTrailingParticles(g_m))
         _check_same_latent_sites(both, g_m)
-        lq_s, out.log_q_M_given_S = _halves(latent_log_prob(both, b), n)
-        out.log_q_S = latent_log_prob(both, b, detach=True)[:n] if stl else lq_s
+        log_q = latent_log_prob(both, b)
+        out.log_q_M_given_S = log_q[n:]
+        out.log_q_S = latent_log_prob(both, b, detach=True)[:n] if stl else log_q[:n]
         g_s = both
     elif "cross" in parts:
         cross = trace_guide(poutine.replay(guide, trace=g_m), batch, subset, beta, n)

@@ -56,7 +56,7 @@ def test_one_run_of_q_given_s_equals_separate_runs(name, model, guide):
     pyro.set_rng_seed(1)
     with shared_encodings():
         g_m = trace_guide(guide, batch, None, BETA, L)
-        both = trace_guide(guide, batch, SUBSET, BETA, 2 * L, outer=_ReplayTrailingParticles(g_m, L))
+        both = trace_guide(guide, batch, SUBSET, BETA, 2 * L, outer=_ReplayTrailingParticles(g_m))
         replayed = trace_guide(poutine.replay(guide, trace=g_m), batch, SUBSET, BETA, L)
         leading = {s: both.nodes[s]["value"][:L] for s in sample_sites(both, observed=False)}
         fresh = trace_guide(poutine.condition(guide, data=leading), batch, SUBSET, BETA, L)
