@@ -2,6 +2,7 @@
 the jitted JAX reference step computes the library's objective."""
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -12,7 +13,7 @@ from tests.benchmark_scripts import benchmark_script
 
 def test_train_step_benchmark_writes_its_results(tmp_path, capsys):
     with benchmark_script("train_step") as script:
-        args = ["--steps", "2", "--rounds", "1", "--skip-jax", "--out", str(tmp_path / "steps")]
+        args = ["--steps", "2", "--rounds", "1", "--skip-jax", "--skip-compile", "--out", str(tmp_path / "steps")]
         assert script.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("masked_step_ms_table3_sumpooling=")
@@ -21,6 +22,19 @@ def test_train_step_benchmark_writes_its_results(tmp_path, capsys):
     assert all(r["library_ms"] > 0 and r["validated_ms"] > 0 and r["unshared_ms"] > 0 for r in result["rows"])
     assert all(r["jax_ms"] is None for r in result["rows"])
     assert lines[-1] in (tmp_path / "steps.md").read_text()
+    assert lines[-2].startswith("masked_step_ms_table3_sumpooling_eager=")
+    assert lines[-1].split("=")[1] == lines[-2].split("=")[1]  # nothing compiled: the eager step is the fastest
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="Inductor needs a C++ compiler")
+def test_the_compiled_step_of_the_benchmark_trains():
+    with benchmark_script("train_step") as script:
+        setup = script.build(3, "main", "PoE")
+        compiled, seconds = script.compiled_step(setup)
+        assert compiled is not None and seconds > 0
+        before = [p.detach().clone() for p in setup[4]]
+        assert script.time_steps(setup, 3, compiled=compiled) > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, setup[4]))  # the timed steps moved the weights
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,10 @@ class OneHotEncoder(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.nn.functional.one_hot(x.long(), self.k).float())
+        # a comparison, not F.one_hot: that reads the indices' range in Python, which a traced step
+        # (fit(compile=True)) cannot; the batch's validation has already checked the range
+        one_hot = x.long().unsqueeze(-1) == torch.arange(self.k, device=x.device)
+        return self.inner(one_hot.to(self.inner.mlp[0].weight.dtype))
 
 
 class GaussianHead(nn.Module):

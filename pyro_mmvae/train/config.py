@@ -30,7 +30,7 @@ from .optim import OptimizerSpec, check_optimizer
 from .schedules import Schedule, as_beta_schedule, as_lr_schedule
 
 # Settings that may differ between a run and its resumption without changing the result.
-RUNTIME_FIELDS = ("checkpoint_every", "device", "progress", "tensorboard", "validate_distributions")
+RUNTIME_FIELDS = ("checkpoint_every", "device", "progress", "tensorboard", "validate_distributions", "compile")
 # when Pyro's validation (distribution arguments and supports, NaN/inf warnings) runs during training steps
 VALIDATE_DISTRIBUTIONS = ("first_step", "always")
 
@@ -105,6 +105,12 @@ class FitConfig:
             the trainer's own check of every step's loss reports non-finite values (it costs ~10 %
             of a small model's step). ``"always"``: Pyro's global setting for every step. Batches
             are always validated; Pyro's validation switched off globally stays off.
+        compile: run each training step after a run's first as one compiled graph of the loss and its
+            gradients (:mod:`~pyro_mmvae.train.compiled_step`): the same objective, drawing the same
+            random numbers, 1.7-3.5x faster for small models on CPU once compiled (seconds to a minute
+            per batch shape). Needs a model and guide whose parameters are module attributes and whose
+            Python code reads no tensor values (the library's models and guides); a step that cannot
+            be traced raises ``StepCompileError`` saying why. Single-process training only.
     """
 
     epochs: int
@@ -131,6 +137,7 @@ class FitConfig:
     progress: bool = True
     tensorboard: bool = False
     validate_distributions: str = "first_step"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.epochs = _positive_int("epochs", self.epochs)
@@ -153,6 +160,9 @@ class FitConfig:
             raise InputError(
                 f"validate_distributions must be one of {VALIDATE_DISTRIBUTIONS}, got {self.validate_distributions!r}"
             )
+        if not isinstance(self.compile, bool | np.bool_):
+            raise InputTypeError(f"compile must be True or False, got {self.compile!r}")
+        self.compile = bool(self.compile)
         check_stage(self.stage)
         as_beta_schedule(self.beta)  # validates
         as_lr_schedule(self.lr_schedule)

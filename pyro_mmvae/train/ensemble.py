@@ -60,7 +60,6 @@ from ..data.validation import declared_modalities, mark_validated, prepare_batch
 from ..errors import InputError, InputTypeError
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
-from ..nn.shared_encodings import without_module_registration
 from ..utils import atomic_write, kill_point, resolve_device, to_jsonable
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, FitConfig
@@ -68,6 +67,7 @@ from .data_source import DataSource
 from .loop import clip_gradients
 from .member_randomness import MemberRandomness
 from .optim import build_optimizer, describe_optimizer
+from .parameters import ModelGuidePair
 from .schedules import build_lr_scheduler, lr_schedule_config
 from .state import LOG_COLUMNS, FitResult
 
@@ -112,19 +112,6 @@ class EnsembleResult:
         return [i for i, e in enumerate(self.errors) if e is not None]
 
 
-class _Pair(torch.nn.Module):
-    """Model and guide of one member as one module, so that one ``functional_call`` swaps both."""
-
-    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, objective):
-        super().__init__()
-        self.model, self.guide = model, guide
-        self.objective = objective
-
-    def forward(self, batch: MultimodalBatch, loss_kwargs: dict) -> torch.Tensor:
-        with without_module_registration():  # as in fit: the stacked parameters are the optimizer's
-            return self.objective.differentiable_loss(self.model, self.guide, batch, **loss_kwargs)
-
-
 class _BatchedParamsPassThrough(Messenger):
     """``pyro.param`` of a member's (batched) tensor returns it untouched: Pyro's global store never sees it."""
 
@@ -155,7 +142,7 @@ class _MemberState:
 class _Ensemble:
     """The stacked members, their optimizer and the vectorised objective."""
 
-    def __init__(self, pairs: list[_Pair], device: torch.device):
+    def __init__(self, pairs: list[ModelGuidePair], device: torch.device):
         self.pairs, self.base, self.device = pairs, pairs[0], device
         named = [dict(p.named_parameters()) for p in pairs]
         buffers = [dict(p.named_buffers()) for p in pairs]
@@ -244,8 +231,8 @@ def fit_ensemble(
             ``MultimodalBatch``; a list of batches is re-used in its order by every member).
         objective: as for :func:`~pyro_mmvae.train.fit` (default ``BetaELBO()``).
         config: a :class:`~pyro_mmvae.train.FitConfig`; keyword ``settings`` override its fields.
-            Every setting of ``fit`` applies per member except ``tensorboard`` (not supported) and
-            ``seed`` (the default seed of members without one).
+            Every setting of ``fit`` applies per member except ``tensorboard`` and ``compile`` (not
+            supported) and ``seed`` (the default seed of members without one).
         val_data: validation data of members without their own (all members have validation data or none).
 
     Returns:
@@ -260,6 +247,8 @@ def fit_ensemble(
     config = FitConfig.from_settings(config, settings)
     if config.tensorboard:
         raise InputError("fit_ensemble does not write TensorBoard events (tensorboard=True); use log.csv")
+    if config.compile:
+        raise InputError("fit_ensemble does not compile its vectorised step (compile=True); use fit(compile=True)")
     objective = objective if objective is not None else BetaELBO()
     members = [_as_member(m, i) for i, m in enumerate(members)]
     if not members:
@@ -287,7 +276,7 @@ def fit_ensemble(
         source.check(declared_modalities(model, m.guide))
         if val is not None:
             val[i].check(declared_modalities(model, m.guide))
-        pairs.append(_Pair(model, m.guide, objective))
+        pairs.append(ModelGuidePair(model, m.guide, objective))
     device = resolve_device(config.device)
     for p in pairs:
         p.to(device)

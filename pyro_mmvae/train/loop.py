@@ -38,6 +38,7 @@ import torch
 from .. import __version__
 from ..data.validation import declared_modalities, prepare_batch
 from ..distributed import DistributedError, broadcast_object, check_joined, on_main, rank_device, world
+from ..errors import InputError
 from ..infer.elbo import BetaELBO
 from ..models.function import FunctionModel, as_model
 from ..nn.shared_encodings import without_module_registration
@@ -52,6 +53,7 @@ from .callbacks import (
     run_order,
 )
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_weights, set_rng_state, state_signature
+from .compiled_step import CompiledGradients
 from .config import RUNTIME_FIELDS, FitConfig
 from .data_parallel import DataParallel
 from .data_source import DataSource
@@ -134,6 +136,8 @@ def fit(
 
     check_joined()
     w = world()
+    if config.compile and w.distributed:
+        raise InputError("compile=True supports single-process training only; run without torch.distributed")
     dev = rank_device(resolve_device(config.device), w)
     model.to(dev)
     guide.to(dev)
@@ -156,6 +160,8 @@ def fit(
     state.run_start_step = state.step
 
     state.optimizer = build_optimizer(config.optimizer, [p for _, p in trained], config.lr, config.optimizer_kwargs)
+    if config.compile:
+        state.compiled = CompiledGradients(objective, model, guide, [p for _, p in trained])
     state.scheduler = build_lr_scheduler(config.lr_schedule, state.optimizer, config.epochs)
     if not state.is_main:  # other ranks: only what decides stopping; rank 0's decision is sent to them
         given = [cb for cb in given if getattr(cb, "all_ranks", False)]
@@ -412,11 +418,41 @@ def _global_loss(state: TrainingState, local, first_step: int, compute) -> tuple
     return loss, total / max(count, 1.0)
 
 
+def _validates_distributions(state: TrainingState) -> bool:
+    """Whether this step runs with Pyro's validation as set globally: a run's first step (or always)."""
+    return state.config.validate_distributions == "always" or state.step == state.run_start_step
+
+
 def _distribution_validation(state: TrainingState):
     """Pyro's validation for this step: as set globally on a run's first step (or always), else off."""
-    if state.config.validate_distributions == "always" or state.step == state.run_start_step:
-        return contextlib.nullcontext()
-    return pyro.validation_enabled(False)
+    return contextlib.nullcontext() if _validates_distributions(state) else pyro.validation_enabled(False)
+
+
+def _finite_loss(value: float, state: TrainingState, first_step: int) -> float:
+    """``value``, or a :class:`NonFiniteLossError` naming where training stopped."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"training loss is {value} {_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
+        )
+    return value
+
+
+def _eager_step(state: TrainingState, local, rows, compute, first_step: int) -> tuple[int, float]:
+    """Loss and backward of one step, eagerly; ``(rows of the whole batch, mean loss over them)``."""
+    dp = state.parallel
+    with _distribution_validation(state):
+        if dp is None:
+            loss = compute(local)
+            rows = local.batch_size  # compute() checked that it is a MultimodalBatch
+            value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
+        else:
+            loss, value = _global_loss(state, local, first_step, compute)
+        _finite_loss(value, state, first_step)
+        if loss is not None:
+            if not loss.requires_grad:
+                raise RuntimeError("the loss does not depend on any trained parameter (check params)")
+            (loss if dp is None else loss * (local.batch_size / rows)).backward()
+    return rows, value
 
 
 def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Callback]) -> float:
@@ -438,22 +474,14 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
 
     for local, rows in batches:
         optimizer.zero_grad(set_to_none=True)
-        with _distribution_validation(state):
-            if dp is None:
-                loss = compute(local)
-                rows = local.batch_size  # compute() checked that it is a MultimodalBatch
-                value = float(loss.detach())  # one host sync per step, needed for the check and the running mean
-            else:
-                loss, value = _global_loss(state, local, first_step, compute)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"training loss is {value} {_where(state, first_step)}. "
-                    "Try a smaller lr, grad_clip, or check the data"
-                )
-            if loss is not None:
-                if not loss.requires_grad:
-                    raise RuntimeError("the loss does not depend on any trained parameter (check params)")
-                (loss if dp is None else loss * (local.batch_size / rows)).backward()
+        compiled = None
+        if state.compiled is not None and not _validates_distributions(state):  # the first step runs eagerly
+            batch = prepare_batch(local, state.device, state.model, state.guide, what="train_data")
+            compiled = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly
+            if compiled is not None:
+                rows, value = batch.batch_size, _finite_loss(float(compiled), state, first_step)
+        if compiled is None:
+            rows, value = _eager_step(state, local, rows, compute, first_step)
         if dp is not None:
             dp.average_gradients(params)
         clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)

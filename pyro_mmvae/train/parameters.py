@@ -8,6 +8,8 @@ from itertools import chain
 
 import torch
 
+from ..nn.shared_encodings import without_module_registration
+
 
 def trained_parameters(model, guide, params) -> list[tuple[str, torch.nn.Parameter]]:
     """``(qualified name, parameter)`` of the parameters to train, named ``model.<key>`` / ``guide.<key>``.
@@ -85,3 +87,21 @@ def set_train_mode(model, guide, train_mode_modules) -> None:
     guide.eval()
     for m in train_mode_modules:
         m.train()
+
+
+class ModelGuidePair(torch.nn.Module):
+    """Model and guide as one module running the objective, so that one ``functional_call`` swaps both's tensors.
+
+    Its parameter names are ``model.<key>`` / ``guide.<key>``, as :func:`trained_parameters` names them.
+    The networks are read without ``pyro.module`` registration: the callers (``fit(compile=True)``,
+    ``fit_ensemble``) hold the parameters themselves.
+    """
+
+    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, objective):
+        super().__init__()
+        self.model, self.guide = model, guide
+        self.objective = objective
+
+    def forward(self, batch, loss_kwargs: dict) -> torch.Tensor:
+        with without_module_registration():
+            return self.objective.differentiable_loss(self.model, self.guide, batch, **loss_kwargs)

@@ -124,6 +124,7 @@ class TrainingState:
     epoch_start_step: int = 0  # ``step`` when the epoch in progress began (for messages)
     run_start_step: int = 0  # ``step`` when this run of fit began (fresh: 0; resumed: the checkpoint's)
     parallel: Any = None  # a DataParallel under torch.distributed with > 1 process, else None
+    compiled: Any = None  # the CompiledGradients of fit(compile=True), else None
 
     @property
     def is_main(self) -> bool:

@@ -59,6 +59,7 @@ class RunOptions:
     threads: int = 1  # torch CPU threads per process
     workers: int = 1  # configurations trained in parallel processes
     progress: bool = False  # a progress bar per configuration (only shown with one worker)
+    compile: bool = False  # fit(compile=True): each step one compiled graph (same draws, ~2x faster on CPU)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ def _train(model, guide, data, objective, seed, settings: TableSettings, options
             device=options.device,
             progress=options.progress and options.workers == 1,
             callbacks=[cpu_log],
+            compile=options.compile,
         )
     except NonFiniteLossError as err:
         return {"status": "diverged", "error": str(err)[:500], "final_loss": None, "train_seconds": None}

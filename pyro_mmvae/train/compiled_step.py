@@ -1,0 +1,207 @@
+"""A training step's loss and gradients as one compiled graph: ``fit(..., compile=True)``.
+
+A small model spends most of an eager training step on per-operation overhead: Python, Pyro's
+handler stack and one autograd node per tensor operation (Table 3 of the permutation-invariant paper:
+~1,800 operations per step for a PoE whose matrix products take under 1 ms). Here the objective's
+``differentiable_loss`` — the same Pyro ELBO, run by Pyro — is traced once per batch signature into a
+graph of tensor operations, forward and backward together (``make_fx`` of ``torch.func.grad_and_value``
+on fake tensors), and Inductor compiles that graph. Pyro's programs run only while tracing; each step
+then executes the graph. Adam, clipping and every check of ``fit`` stay as they are.
+
+What a traced step requires, checked when its graph is built (a :class:`StepCompileError` says what
+is wrong and to train with ``compile=False`` instead):
+
+- no Python decision on tensor values inside model, guide or objective (``if x.any()``, ``.item()``):
+  fake tensors have no values, so such code fails to trace instead of being frozen into the graph;
+- every parameter and buffer the loss reads is an attribute of the model or the guide: a network held
+  elsewhere (a plain Pyro function model's, Pyro's param store) would be frozen into the graph;
+- the loss updates no buffer in place (e.g. BatchNorm in train mode).
+
+Random draws run inside the graph in the eager order, from torch's global generator (Inductor's
+``fallback_random``): a compiled step draws what the eager step draws, so runs resume exactly and a
+compiled step equals the eager one up to floating-point reduction order. One graph is built per
+signature: names, shapes and dtypes of the batch's tensors, the loss keyword values (β as a Python
+number is one of them) and the modules' train/eval modes. Compiling takes seconds to a minute; a β
+schedule that changes every epoch would compile every epoch, so after ``max_graphs`` graphs further
+signatures run eagerly, with one warning. Inductor needs a C++ compiler on CPU (Triton on CUDA).
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+import warnings
+from collections.abc import Mapping
+
+import pyro
+import torch
+from torch.func import functional_call, grad_and_value
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..data.batch import MultimodalBatch
+from ..data.validation import declared_modalities, mark_validated, validate_batch
+from ..errors import PyroMMVAEError
+from .parameters import ModelGuidePair
+
+MAX_GRAPHS = 8
+_LIBRARY_FRAME = re.compile(r"[/\\\\](torch|pyro|functorch)[/\\\\]")
+
+
+def _culprit(err: Exception) -> str:
+    """The innermost frame of the traceback outside torch and Pyro: the code that read a tensor value."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _LIBRARY_FRAME.search(f.filename)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+class StepCompileError(PyroMMVAEError, RuntimeError):
+    """The training step cannot be traced or compiled (the message says why); train with ``compile=False``."""
+
+
+class CompiledGradients:
+    """``objective.differentiable_loss(model, guide, batch, **loss_kwargs)`` and its gradients, compiled.
+
+    Args:
+        objective, model, guide: as given to :func:`~pyro_mmvae.train.fit`.
+        trained: the parameters to differentiate (the others, and every buffer, are graph inputs
+            without gradients).
+        max_graphs: signatures compiled at most; later ones return ``None`` (the caller runs eagerly).
+
+    Calling it with a batch (validated as the objective validates it: missing rows zero-filled)
+    writes ``p.grad`` of every trained parameter and returns the loss (a detached 0-dim tensor), or
+    returns ``None`` for a signature beyond ``max_graphs``.
+    """
+
+    def __init__(
+        self, objective, model: torch.nn.Module, guide: torch.nn.Module, trained, max_graphs: int = MAX_GRAPHS
+    ):
+        self.pair = ModelGuidePair(model, guide, objective)
+        self.modalities = declared_modalities(model, guide)
+        names = {id(p): n for n, p in self.pair.named_parameters()}
+        self.trained = {names[id(p)]: p for p in trained}
+        self.max_graphs = int(max_graphs)
+        self.graphs: dict[tuple, object] = {}
+        self._warned = False
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self) -> tuple[dict, dict]:
+        trained_ids = {id(p) for p in self.trained.values()}
+        trained = {n: p.detach() for n, p in self.trained.items()}
+        others = {n: p.detach() for n, p in self.pair.named_parameters() if id(p) not in trained_ids}
+        others.update({n: b for n, b in self.pair.named_buffers()})
+        return trained, others
+
+    @staticmethod
+    def _tensors(batch: MultimodalBatch) -> tuple[dict, dict, dict]:
+        return dict(batch.data), dict(batch.present), dict(batch.labels)
+
+    def _signature(self, batch: MultimodalBatch, loss_kwargs: Mapping) -> tuple:
+        tensors = tuple(
+            (group, name, tuple(t.shape), t.dtype, str(t.device))
+            for group, d in zip(("data", "present", "labels"), self._tensors(batch))
+            for name, t in d.items()
+        )
+        kwargs = tuple(sorted((k, repr(v)) for k, v in loss_kwargs.items()))
+        modes = tuple(m.training for m in self.pair.modules())
+        return tensors, kwargs, modes
+
+    # ------------------------------------------------------------------ building
+    def _loss_of(self, loss_kwargs: dict):
+        pair, modalities = self.pair, self.modalities
+
+        def loss(trained, others, data, present, labels):
+            batch = mark_validated(MultimodalBatch(data, present, labels), modalities)  # validated by the caller
+            return functional_call(pair, (trained, others), (batch, loss_kwargs), tie_weights=True)
+
+        return loss
+
+    def _build(self, batch: MultimodalBatch, loss_kwargs: dict):
+        trained, others = self._inputs()
+        fn = grad_and_value(self._loss_of(loss_kwargs))
+        try:
+            with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+                graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                    trained, others, *self._tensors(batch)
+                )
+        except StepCompileError:
+            raise
+        except Exception as err:
+            raise StepCompileError(
+                f"compile=True could not trace the training step: {_first_line(err)}{_culprit(err)}. "
+                "A traced step may not read tensor values in Python (if x.any(), .item(), float(x)) anywhere in "
+                "model, guide or objective; train with compile=False"
+            ) from err
+        self._check_constants(graph)
+        self._check_no_input_mutation(graph)
+        return torch.compile(graph, backend="inductor", dynamic=False, options={"fallback_random": True})
+
+    def _check_constants(self, graph) -> None:
+        """A model or guide tensor frozen into the graph as a constant would never change: refuse it."""
+        own = {}
+        for name, t in [*self.pair.named_parameters(), *self.pair.named_buffers()]:
+            own.setdefault(t.untyped_storage().data_ptr(), name)
+        for node in graph.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            value = getattr(graph, node.target, None)
+            if not isinstance(value, torch.Tensor) or value.numel() == 0:
+                continue
+            name = own.get(value.untyped_storage().data_ptr())
+            if name is not None or value.requires_grad:
+                what = f"model/guide tensor {name!r}" if name else "a tensor that requires grad"
+                raise StepCompileError(
+                    f"compile=True: the loss reads {what} other than as an attribute of the model or guide "
+                    "(e.g. a network called by a plain Pyro function model, or a pyro.param of the param store), "
+                    "so the compiled step would freeze it; train with compile=False, or hold the network in an "
+                    "nn.Module model"
+                )
+
+    @staticmethod
+    def _check_no_input_mutation(graph) -> None:
+        inputs = {n for n in graph.graph.nodes if n.op == "placeholder"}
+        for node in graph.graph.nodes:
+            schema = getattr(node.target, "_schema", None)
+            if node.op != "call_function" or schema is None or not schema.is_mutable:
+                continue
+            for arg, spec in zip(node.args, schema.arguments):
+                if spec.alias_info is not None and spec.alias_info.is_write and arg in inputs:
+                    raise StepCompileError(
+                        f"compile=True: the loss updates a model/guide buffer in place ({node.target}), e.g. "
+                        "BatchNorm statistics in train mode; train with compile=False"
+                    )
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, batch: MultimodalBatch, loss_kwargs: Mapping) -> torch.Tensor | None:
+        batch = validate_batch(batch, self.modalities)  # at once for a batch fit has validated
+        key = self._signature(batch, loss_kwargs)
+        compiled = self.graphs.get(key)
+        first = compiled is None
+        if first:
+            if len(self.graphs) >= self.max_graphs:
+                if not self._warned:
+                    warnings.warn(
+                        f"compile=True: {self.max_graphs} step graphs are compiled already (one per batch shape, "
+                        "loss keyword values such as beta, and train/eval modes); further ones run eagerly",
+                        stacklevel=2,
+                    )
+                    self._warned = True
+                return None
+            compiled = self.graphs[key] = self._build(batch, dict(loss_kwargs))
+        trained, others = self._inputs()
+        try:
+            grads, loss = compiled(trained, others, *self._tensors(batch))
+        except Exception as err:
+            if not first:
+                raise
+            del self.graphs[key]
+            raise StepCompileError(
+                f"compile=True: Inductor could not compile the training step ({_first_line(err)}); it needs a C++ compiler on CPU and Triton on "
+                "CUDA; train with compile=False"
+            ) from err
+        for name, p in self.trained.items():
+            p.grad = grads[name]
+        return loss.detach()
