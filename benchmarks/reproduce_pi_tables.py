@@ -15,10 +15,10 @@ Usage::
     python benchmarks/reproduce_pi_tables.py --quick --workers 2           # all four tables, ~10 min on 2 idle cores
     python benchmarks/reproduce_pi_tables.py --tables 1,3,4 --epochs 1:1000,3:400,4:40 --seeds 1:3,3:2,4:2 \
         --workers 2 --name medium                                          # the medium run (hours)
-    python benchmarks/reproduce_pi_tables.py --workers 2                   # full settings (weeks on a CPU)
+    python benchmarks/reproduce_pi_tables.py --workers 2 --compile         # full settings (days on 2 CPU cores)
     python benchmarks/reproduce_pi_tables.py --tables 3,4 --generator authors --workers 2
                                          # the published scripts' exact datasets (seeds 1, 2, ...)
-    python benchmarks/reproduce_pi_tables.py --tables 3 --name full \
+    python benchmarks/reproduce_pi_tables.py --tables 3 --name full --compile \
         --runs-dir benchmarks/results/pi_tables_full_runs  # the full Table 3, resumed over sessions from the
                                          # result.json files committed there (--report-only: report, no training)
 
