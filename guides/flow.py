@@ -159,7 +159,7 @@ class FlowExpertGuide(MultimodalGuide):
     def expert_dists(self, batch: MultimodalBatch, names: Iterable[str] | None = None) -> dict:
         """``name → expert`` for ``names`` (default: every modality present in at least one row)."""
         if names is None:
-            names = [n for n in self.names if n in batch.data and bool(batch.present[n].any())]
+            names = batch.observed_names(self.names)
         return {n: self.expert(batch, n) for n in names}
 
     def posterior(self, batch: MultimodalBatch, subset: Subset = None) -> dist.TorchDistribution:

@@ -90,3 +90,23 @@ def test_bad_arguments_are_refused(tmp_path):
         main(["train", "--beta", "0", "--out", str(tmp_path / "x"), *SMALL])
     with pytest.raises(SystemExit, match="not a run folder"):
         main(["sample", "--run", str(tmp_path), "--given", "square"])
+    with pytest.raises(SystemExit, match="--missing-rate 0.3: the toy JNF pipeline"):
+        main(["train", "--missing-rate", "0.3", "--out", str(tmp_path / "m"), *SMALL])
+    with pytest.raises(SystemExit, match="--compile: the toy JNF pipeline"):
+        main(["train", "--compile", "--out", str(tmp_path / "c"), *SMALL])
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_toy_data_takes_a_missing_rate():
+    from pyro_mmvae.data.toy import CirclesSquares
+    from pyro_mmvae.experiments.datasets import load_splits
+
+    splits = load_splits("toy", None, train_size=2000, val_size=500, test_size=100, missing_rate=0.3, seed=4)
+    for part in (splits.train, splits.validation):
+        present = part.__getitems__(range(len(part))).present
+        for mask in present.values():
+            missing = 1 - mask.float().mean()  # each modality missing w.p. 0.3, never both
+            assert abs(float(missing) - 0.3) < 4 * (0.3 * 0.7 / len(part)) ** 0.5
+        assert bool((present["square"] | present["circle"]).all())
+    assert bool(splits.test.__getitems__(range(100)).present["square"].all())  # the test split stays complete
+    assert bool(CirclesSquares("train", 50).__getitems__(range(50)).present["circle"].all())

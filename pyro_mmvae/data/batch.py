@@ -15,7 +15,9 @@ presence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,23 @@ from ..errors import InputError, InputTypeError, UnknownModalityError
 from .modality import Modality
 
 Subset = None | Iterable[str] | Mapping[str, torch.Tensor]
+
+# Set while a training step is traced into a graph (fit(compile=True)), which only traces batches that
+# observe every modality in some row: the answer of observed_names is then known without reading values.
+_EVERY_MODALITY_OBSERVED: ContextVar[bool] = ContextVar("every_modality_observed", default=False)
+
+
+@contextmanager
+def every_modality_observed() -> Iterator[None]:
+    """Inside the block, :meth:`MultimodalBatch.observed_names` assumes each modality is observed in some row.
+
+    For tracing code on tensors without values (``fit(compile=True)``); the caller guarantees it is true.
+    """
+    token = _EVERY_MODALITY_OBSERVED.set(True)
+    try:
+        yield
+    finally:
+        _EVERY_MODALITY_OBSERVED.reset(token)
 
 
 @dataclass
@@ -109,6 +128,13 @@ class MultimodalBatch:
         unknown = [n for n in names if n not in self.data]
         if unknown:
             raise UnknownModalityError(f"unknown modality name(s) {unknown}; this batch has {self.names}")
+
+    def observed_names(self, names: Iterable[str]) -> list[str]:
+        """The modalities of ``names`` that the batch holds and observes in at least one row, in that order."""
+        held = [n for n in names if n in self.data]
+        if _EVERY_MODALITY_OBSERVED.get():
+            return held
+        return [n for n in held if bool(self.present[n].any())]
 
     def subset_mask(self, subset: Subset = None) -> dict[str, torch.Tensor]:
         """Per-row subset masks ``name -> BoolTensor(B,)``, intersected with presence.

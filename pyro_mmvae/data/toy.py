@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .batch import MultimodalBatch
+from .missingness import random_missing
 from .modality import Modality
 
 IMAGE_SIZE = 32
@@ -69,6 +70,9 @@ class CirclesSquares(torch.utils.data.Dataset):
         split: ``"train"``, ``"validation"`` or ``"test"`` (disjoint random streams).
         size: number of pairs (default 180k / 10k / 10k, i.e. the paper's 200k in all).
         seed: base seed; the split's parameters depend only on ``(seed, split)``.
+        missing_rate: fraction of rows in which each modality is marked missing (a float or
+            ``{name: rate}``; never a whole row: :func:`~pyro_mmvae.data.missingness.random_missing`).
+        missing_seed: seed of those masks.
     """
 
     modalities = (
@@ -76,7 +80,9 @@ class CirclesSquares(torch.utils.data.Dataset):
         Modality("circle", (1, IMAGE_SIZE, IMAGE_SIZE), likelihood="bernoulli"),
     )
 
-    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0):
+    def __init__(
+        self, split: str = "train", size: int | None = None, seed: int = 0, missing_rate=0.0, missing_seed: int = 0
+    ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
         size = DEFAULT_SIZES[split] if size is None else int(size)
@@ -91,6 +97,9 @@ class CirclesSquares(torch.utils.data.Dataset):
         self.square_size = torch.from_numpy(rng.integers(MIN_WIDTH, MAX_WIDTH + 1, size).astype(np.float32))
         self.circle_size = torch.from_numpy(rng.integers(MIN_WIDTH, MAX_WIDTH + 1, size).astype(np.float32))
         self.split, self.seed = split, seed
+        self.present = None
+        if isinstance(missing_rate, dict) or missing_rate != 0:
+            self.present = random_missing(size, self.names, missing_rate, missing_seed)
 
     @property
     def names(self) -> list[str]:
@@ -106,6 +115,7 @@ class CirclesSquares(torch.utils.data.Dataset):
         ci = render_circles(self.circle_size[idx], full)
         return MultimodalBatch(
             {"square": sq, "circle": ci},
+            present={} if self.present is None else {k: v[idx] for k, v in self.present.items()},
             labels={"full": full, "square_size": self.square_size[idx], "circle_size": self.circle_size[idx]},
         )
 

@@ -108,8 +108,8 @@ def load_splits(
         from ..data.toy import CirclesSquares
 
         return Splits(
-            CirclesSquares("train", train_size or 20_000, seed),
-            CirclesSquares("validation", val_size, seed) if val_size else None,
+            CirclesSquares("train", train_size or 20_000, seed, missing_rate, seed),
+            CirclesSquares("validation", val_size, seed, missing_rate, seed) if val_size else None,
             CirclesSquares("test", test_size or 2_000, seed),
             "full",
         )

@@ -85,6 +85,7 @@ class RunConfig:
     resume: bool = False
     download: bool = False
     no_progress: bool = False
+    compile: bool = False  # the main stage with fit(compile=True)
     track: str | None = None
     track_uri: str | None = None
 
@@ -243,6 +244,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
         epochs=settings.epochs,
         beta=beta,
         val_data=splits.validation,
+        compile=config.compile,  # not the JNF expert stage: JNFLoss reads each expert's present rows only
         **_stage_settings(config, settings, out, stage, device, log),
     )
     stages[stage] = _summary(result)
@@ -288,6 +290,7 @@ RESUME_MAY_CHANGE = {
     "epochs",
     "expert_epochs",
     "no_progress",
+    "compile",
     "device",
     "resolved_device",
     "download",

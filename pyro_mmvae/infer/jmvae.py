@@ -206,7 +206,7 @@ class JMVAEELBO(TermsELBO):
 
     @staticmethod
     def _present(guide, batch) -> list[str]:
-        return [n for n in guide.names if n in batch.data and bool(batch.present[n].any())]
+        return batch.observed_names(guide.names)
 
     def _expert_kl(self, guide, batch, name, loc, scale, z) -> torch.Tensor:
         """KL(q(z|X) ‖ q_name(z|x_name)) per data point: ``(1, B)`` closed form or ``(L, B)`` one-sample estimates."""

@@ -91,7 +91,7 @@ class JNFLoss(LossELBO):
 
     @staticmethod
     def _names(guide, batch: MultimodalBatch) -> list[str]:
-        names = [n for n in guide.names if n in batch.data and bool(batch.present[n].any())]
+        names = batch.observed_names(guide.names)
         if not names:
             raise ValueError(f"no modality of the guide ({guide.names}) is present in the batch")
         return names

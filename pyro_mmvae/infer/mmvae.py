@@ -165,8 +165,7 @@ class StratifiedMixtureELBO(LossELBO):
         beta = _check_beta(beta)
         batch = validate_for(batch, model, guide)
         weights = observation_weights(model, self.reconstruction_weights) if weighted else None
-        present = batch.subset_mask(None)
-        names = [n for n in guide.names if n in present and bool(present[n].any())]
+        names = batch.observed_names(guide.names)
         # 2M guide traces on one batch: a guide that can reuse its unimodal encodings runs each encoder once
         reuse = getattr(guide, "reuse_encodings", None)
         with reuse() if reuse is not None else nullcontext():

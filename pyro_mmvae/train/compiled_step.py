@@ -9,7 +9,7 @@ on fake tensors), and Inductor compiles that graph. Pyro's programs run only whi
 then executes the graph. Adam, clipping and every check of ``fit`` stay as they are.
 
 What a traced step requires, checked when its graph is built (a :class:`StepCompileError` says what
-is wrong and to train with ``compile=False`` instead):
+is wrong; ``fit`` then warns once and trains the run eagerly):
 
 - no Python decision on tensor values inside model, guide or objective (``if x.any()``, ``.item()``):
   fake tensors have no values, so such code fails to trace instead of being frozen into the graph;
@@ -38,7 +38,7 @@ import torch
 from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..data.batch import MultimodalBatch
+from ..data.batch import MultimodalBatch, every_modality_observed
 from ..data.validation import declared_modalities, mark_validated, validate_batch
 from ..errors import PyroMMVAEError
 from .parameters import ModelGuidePair
@@ -59,7 +59,7 @@ def _first_line(err: Exception) -> str:
 
 
 class StepCompileError(PyroMMVAEError, RuntimeError):
-    """The training step cannot be traced or compiled (the message says why); train with ``compile=False``."""
+    """The training step cannot be traced or compiled faithfully (the message says why)."""
 
 
 class CompiledGradients:
@@ -73,7 +73,8 @@ class CompiledGradients:
 
     Calling it with a batch (validated as the objective validates it: missing rows zero-filled)
     writes ``p.grad`` of every trained parameter and returns the loss (a detached 0-dim tensor), or
-    returns ``None`` for a signature beyond ``max_graphs``.
+    returns ``None`` for a signature beyond ``max_graphs`` and for a batch in which some modality is
+    observed in no row (the objectives skip such a modality, a decision on values: those run eagerly).
     """
 
     def __init__(
@@ -123,7 +124,7 @@ class CompiledGradients:
         trained, others = self._inputs()
         fn = grad_and_value(self._loss_of(loss_kwargs))
         try:
-            with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), every_modality_observed():
                 graph = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(
                     trained, others, *self._tensors(batch)
                 )
@@ -133,7 +134,7 @@ class CompiledGradients:
             raise StepCompileError(
                 f"compile=True could not trace the training step: {_first_line(err)}{_culprit(err)}. "
                 "A traced step may not read tensor values in Python (if x.any(), .item(), float(x)) anywhere in "
-                "model, guide or objective; train with compile=False"
+                "model, guide or objective"
             ) from err
         self._check_constants(graph)
         self._check_no_input_mutation(graph)
@@ -156,8 +157,7 @@ class CompiledGradients:
                 raise StepCompileError(
                     f"compile=True: the loss reads {what} other than as an attribute of the model or guide "
                     "(e.g. a network called by a plain Pyro function model, or a pyro.param of the param store), "
-                    "so the compiled step would freeze it; train with compile=False, or hold the network in an "
-                    "nn.Module model"
+                    "so the compiled step would freeze it (hold the network in an nn.Module model to compile)"
                 )
 
     @staticmethod
@@ -171,12 +171,14 @@ class CompiledGradients:
                 if spec.alias_info is not None and spec.alias_info.is_write and arg in inputs:
                     raise StepCompileError(
                         f"compile=True: the loss updates a model/guide buffer in place ({node.target}), e.g. "
-                        "BatchNorm statistics in train mode; train with compile=False"
+                        "BatchNorm statistics in train mode"
                     )
 
     # ------------------------------------------------------------------ the step
     def __call__(self, batch: MultimodalBatch, loss_kwargs: Mapping) -> torch.Tensor | None:
         batch = validate_batch(batch, self.modalities)  # at once for a batch fit has validated
+        if not all(bool(p.any()) for p in batch.present.values()):
+            return None  # objectives skip a modality observed in no row: such a rare batch runs eagerly
         key = self._signature(batch, loss_kwargs)
         compiled = self.graphs.get(key)
         first = compiled is None
@@ -199,8 +201,8 @@ class CompiledGradients:
                 raise
             del self.graphs[key]
             raise StepCompileError(
-                f"compile=True: Inductor could not compile the training step ({_first_line(err)}); it needs a C++ compiler on CPU and Triton on "
-                "CUDA; train with compile=False"
+                f"compile=True: the compiled training step failed on its first call ({_first_line(err)}); Inductor "
+                "needs a C++ compiler on CPU and Triton on CUDA"
             ) from err
         for name, p in self.trained.items():
             p.grad = grads[name]

@@ -109,8 +109,8 @@ class FitConfig:
             gradients (:mod:`~pyro_mmvae.train.compiled_step`): the same objective, drawing the same
             random numbers, 1.7-3.5x faster for small models on CPU once compiled (seconds to a minute
             per batch shape). Needs a model and guide whose parameters are module attributes and whose
-            Python code reads no tensor values (the library's models and guides); a step that cannot
-            be traced raises ``StepCompileError`` saying why. Single-process training only.
+            Python code reads no tensor values (the library's models, guides and subset objectives);
+            otherwise ``fit`` warns once, saying why, and trains eagerly. Single-process training only.
     """
 
     epochs: int

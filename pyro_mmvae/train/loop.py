@@ -29,6 +29,7 @@ import contextlib
 import math
 import platform
 import time
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,7 +54,7 @@ from .callbacks import (
     run_order,
 )
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_weights, set_rng_state, state_signature
-from .compiled_step import CompiledGradients
+from .compiled_step import CompiledGradients, StepCompileError
 from .config import RUNTIME_FIELDS, FitConfig
 from .data_parallel import DataParallel
 from .data_source import DataSource
@@ -477,7 +478,11 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
         compiled = None
         if state.compiled is not None and not _validates_distributions(state):  # the first step runs eagerly
             batch = prepare_batch(local, state.device, state.model, state.guide, what="train_data")
-            compiled = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly
+            try:
+                compiled = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly
+            except StepCompileError as err:  # an optimisation only: say why, and train on eagerly
+                warnings.warn(f"{err}; fit trains this run eagerly (as with compile=False)", stacklevel=4)
+                state.compiled = None
             if compiled is not None:
                 rows, value = batch.batch_size, _finite_loss(float(compiled), state, first_step)
         if compiled is None:
