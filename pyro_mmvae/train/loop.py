@@ -476,7 +476,9 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
     for local, rows in batches:
         optimizer.zero_grad(set_to_none=True)
         compiled = None
-        if state.compiled is not None and not _validates_distributions(state):  # the first step runs eagerly
+        # the first step of a run, and the epochs of a β schedule before its final β, run eagerly:
+        # β is a constant of the compiled graph
+        if state.compiled is not None and not _validates_distributions(state) and beta == config.beta_schedule.final:
             batch = prepare_batch(local, state.device, state.model, state.guide, what="train_data")
             try:
                 compiled = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly

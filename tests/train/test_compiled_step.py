@@ -123,12 +123,18 @@ def test_each_batch_shape_gets_its_own_graph_and_later_ones_run_eagerly():
         assert compiled(rows(data.train, 100), {"beta": 0.25}) is None
 
 
-def test_fit_compiled_trains_as_fit_does_and_resumes(tmp_path):
+def test_fit_compiled_trains_as_fit_does_and_resumes(tmp_path, monkeypatch):
     settings = dict(epochs=3, batch_size=48, lr=1e-2, progress=False, grad_clip=1.0)  # 128 rows: a short last batch
     eager_model, eager_guide = linear_pair(0)
     eager = fit(eager_model, eager_guide, linear_data(), **settings)
     model, guide = linear_pair(0)
-    compiled = fit(model, guide, linear_data(), compile=True, **settings)
+    compiled_steps = []
+    call = CompiledGradients.__call__
+    monkeypatch.setattr(CompiledGradients, "__call__", lambda *a: compiled_steps.append(call(*a)) or compiled_steps[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager
+        compiled = fit(model, guide, linear_data(), compile=True, **settings)
+    assert len(compiled_steps) == 3 * 3 - 1 and all(v is not None for v in compiled_steps)  # all but the first step
     assert [h["train_loss"] for h in compiled.history] == pytest.approx(
         [h["train_loss"] for h in eager.history], rel=1e-5
     )
@@ -203,3 +209,18 @@ def test_compile_settings_are_checked():
     with pytest.raises(InputError, match="fit_ensemble does not compile"):
         fit_ensemble([Member(*linear_pair(0), seed=0)], linear_data(), epochs=1, batch_size=32, progress=False,
                      compile=True)  # fmt: skip
+
+
+def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule():
+    from pyro_mmvae.train.schedules import LinearAnnealing
+
+    settings = dict(epochs=4, batch_size=64, lr=1e-2, progress=False, beta=LinearAnnealing(0.1, 1.0, 2))
+    results = []
+    for compile_step in (False, True):
+        model, guide = linear_pair(0)
+        frozen = [p.detach().clone() for p in model.parameters()]
+        results.append(fit(model, guide, linear_data(), params=guide, compile=compile_step, **settings))
+        assert all(torch.equal(a, p) for a, p in zip(frozen, model.parameters()))  # the model stayed frozen
+    eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
+    assert compiled[:2] == eager[:2]  # the annealing epochs run eagerly: the same numbers exactly
+    assert compiled == pytest.approx(eager, rel=1e-5)
