@@ -5,8 +5,9 @@ handler stack and one autograd node per tensor operation (Table 3 of the permuta
 ~1,800 operations per step for a PoE whose matrix products take under 1 ms). Here the objective's
 ``differentiable_loss`` — the same Pyro ELBO, run by Pyro — is traced once per batch signature into a
 graph of tensor operations, forward and backward together (``make_fx`` of ``torch.func.grad_and_value``
-on fake tensors), and Inductor compiles that graph. Pyro's programs run only while tracing; each step
-then executes the graph. Adam, clipping and every check of ``fit`` stay as they are.
+on fake tensors, taking one flat list of tensors), and Inductor compiles that graph. Pyro's programs run
+only while tracing; each step then executes the graph. Adam, clipping and every check of ``fit`` stay as
+they are.
 
 What a traced step requires, checked when its graph is built (a :class:`StepCompileError` says what
 is wrong; ``fit`` then warns once and trains the run eagerly):
@@ -21,9 +22,11 @@ Random draws run inside the graph in the eager order, from torch's global genera
 ``fallback_random``): a compiled step draws what the eager step draws, so runs resume exactly and a
 compiled step equals the eager one up to floating-point reduction order. One graph is built per
 signature: names, shapes and dtypes of the batch's tensors, the loss keyword values (β as a Python
-number is one of them) and the modules' train/eval modes. Compiling takes seconds to a minute; a β
-schedule that changes every epoch would compile every epoch, so after ``max_graphs`` graphs further
-signatures run eagerly, with one warning. Inductor needs a C++ compiler on CPU (Triton on CUDA).
+number is one of them) and the modules' train/eval modes. Compiling takes seconds to a minute, so
+``fit`` compiles a β schedule's epochs only from its final β on, and after ``max_graphs`` graphs
+further signatures run eagerly, with one warning. A batch in which some modality is observed in no
+row runs eagerly: the objectives skip such a modality (while tracing, ``MultimodalBatch.observed_names``
+answers under the guarantee that none is). Inductor needs a C++ compiler on CPU (Triton on CUDA).
 """
 
 from __future__ import annotations
