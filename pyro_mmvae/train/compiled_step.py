@@ -47,6 +47,7 @@ from ..errors import PyroMMVAEError
 from .parameters import ModelGuidePair
 
 MAX_GRAPHS = 8
+_ZEROS = {torch.ops.aten.zeros_like.default, torch.ops.aten.zeros.default, torch.ops.aten.new_zeros.default}
 _LIBRARY_FRAME = re.compile(r"[/\\\\](torch|pyro|functorch)[/\\\\]")
 
 
@@ -154,7 +155,17 @@ class CompiledGradients:
             ) from err
         self._check_constants(graph)
         self._check_no_input_mutation(graph)
-        return _compile(graph, inputs)
+        return _compile(graph, inputs), self._unused(graph)
+
+    def _unused(self, graph) -> list[bool]:
+        """Per trained tensor: whether the loss does not depend on it (its gradient is a fresh zero tensor).
+
+        Eager autograd leaves such a gradient ``None``, which optimizers skip (no Adam moment decay, no
+        weight decay); the compiled step keeps that.
+        """
+        output = next(n for n in graph.graph.nodes if n.op == "output")
+        grads = output.args[0][: len(self.trained)]
+        return [getattr(g, "op", None) == "call_function" and g.target in _ZEROS for g in grads]
 
     def _check_constants(self, graph) -> None:
         """A model or guide tensor frozen into the graph as a constant would never change: refuse it."""
@@ -197,8 +208,7 @@ class CompiledGradients:
             return None  # objectives skip a modality observed in no row: such a rare batch runs eagerly
         key = self._signature(batch, loss_kwargs)
         layout = [(group, name) for group, name, *_ in key[0]]
-        compiled = self.graphs.get(key)
-        first = compiled is None
+        first = key not in self.graphs
         if first:
             if len(self.graphs) >= self.max_graphs:
                 if not self._warned:
@@ -209,7 +219,8 @@ class CompiledGradients:
                     )
                     self._warned = True
                 return None
-            compiled = self.graphs[key] = self._build(batch, dict(loss_kwargs), layout)
+            self.graphs[key] = self._build(batch, dict(loss_kwargs), layout)
+        compiled, unused = self.graphs[key]
         try:
             *grads, loss = compiled(*self._flat_inputs(batch, layout))
         except Exception as err:
@@ -220,8 +231,8 @@ class CompiledGradients:
                 f"compile=True: the compiled training step failed on its first call ({_first_line(err)}); Inductor "
                 "needs a C++ compiler on CPU and Triton on CUDA"
             ) from err
-        for p, g in zip(self.trained.values(), grads):
-            p.grad = g
+        for p, g, skip in zip(self.trained.values(), grads, unused):
+            p.grad = None if skip else g
         return loss.detach()
 
 

@@ -9,21 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_mmvae.errors import InputError, InputTypeError
 from pyro_mmvae.data import MultimodalBatch, iterate_batches
+from pyro_mmvae.errors import InputError, InputTypeError
 from pyro_mmvae.experiments import recipes
 from pyro_mmvae.experiments.datasets import load_splits
-from pyro_mmvae.experiments.runs import RunConfig, run_modalities
 from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, build_model, make_data
 from pyro_mmvae.experiments.pi_tables.settings import Row
+from pyro_mmvae.experiments.runs import RunConfig, run_modalities
 from pyro_mmvae.guides import SumPoolingGuide
 from pyro_mmvae.infer import MaskedELBO
 from pyro_mmvae.models import multimodal_model
 from pyro_mmvae.nn.shared_encodings import without_module_registration
 from pyro_mmvae.train import FitConfig, Member, fit, fit_ensemble
 from pyro_mmvae.train.compiled_step import CompiledGradients, StepCompileError
-from tests.models.test_function_model import data as function_data
 from tests.models.test_function_model import MODS, make_program
+from tests.models.test_function_model import data as function_data
 from tests.train.test_fit import LINEAR, linear_data, linear_pair
 
 pytestmark = pytest.mark.skipif(
@@ -223,4 +223,18 @@ def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule():
         assert all(torch.equal(a, p) for a, p in zip(frozen, model.parameters()))  # the model stayed frozen
     eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
     assert compiled[:2] == eager[:2]  # the annealing epochs run eagerly: the same numbers exactly
+    assert compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_a_parameter_the_loss_ignores_keeps_no_gradient():
+    """Eager autograd leaves an unused parameter's gradient None (AdamW then neither steps nor decays it)."""
+    settings = dict(epochs=2, batch_size=64, lr=1e-2, progress=False, optimizer="adamw",
+                    optimizer_kwargs={"weight_decay": 0.1})  # fmt: skip
+    results = []
+    for compile_step in (False, True):
+        model, guide = linear_pair(0)
+        guide.unused = nn.Parameter(torch.ones(3))
+        results.append(fit(model, guide, linear_data(), compile=compile_step, **settings))
+        assert torch.equal(guide.unused, torch.ones(3)) and guide.unused.grad is None
+    eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
     assert compiled == pytest.approx(eager, rel=1e-5)
