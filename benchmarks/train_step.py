@@ -108,13 +108,13 @@ def time_steps(setup, steps: int, shared: bool = True, validate: bool = False, c
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             if compiled is not None:
-                float(compiled(batch, {}))  # fit reads the loss value every step
+                float(compiled(batch, {}))  # fit reads the loss value every step; the graph clips
             else:
                 loss = elbo.differentiable_loss(model, guide, batch)
                 float(loss.detach())
                 loss.backward()
-            if settings is not None:
-                clip_gradients(params, True, settings.clip, None)
+                if settings is not None:
+                    clip_gradients(params, True, settings.clip, None)
             opt.step()
             times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
@@ -123,7 +123,8 @@ def time_steps(setup, steps: int, shared: bool = True, validate: bool = False, c
 def compiled_step(setup):
     """``(CompiledGradients, seconds to trace and compile)`` of a setting; ``(None, None)`` where it cannot compile."""
     model, guide, elbo, opt, params, batches, settings = setup
-    compiled = CompiledGradients(elbo, model, guide, params)
+    clip = None if settings is None else settings.clip  # clip_gradients as time_steps applies it eagerly
+    compiled = CompiledGradients(elbo, model, guide, params, zero_nan_grads=clip is not None, grad_clip_value=clip)
     t0 = time.perf_counter()
     try:
         with pyro.validation_enabled(False):

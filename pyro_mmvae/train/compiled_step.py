@@ -6,8 +6,9 @@ handler stack and one autograd node per tensor operation (Table 3 of the permuta
 ``differentiable_loss`` — the same Pyro ELBO, run by Pyro — is traced once per batch signature into a
 graph of tensor operations, forward and backward together (``make_fx`` of ``torch.func.grad_and_value``
 on fake tensors, taking one flat list of tensors), and Inductor compiles that graph. Pyro's programs run
-only while tracing; each step then executes the graph. Adam, clipping and every check of ``fit`` stay as
-they are.
+only while tracing; each step then executes the graph, which also applies ``fit``'s element-wise
+gradient treatment (NaN → 0, clamping to ±``grad_clip_value``). Adam, norm clipping and every check of
+``fit`` stay as they are.
 
 What a traced step requires, checked when its graph is built (a :class:`StepCompileError` says what
 is wrong; ``fit`` then warns once and trains the run eagerly):
@@ -31,6 +32,7 @@ answers under the guarantee that none is). Inductor needs a C++ compiler on CPU 
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 import warnings
@@ -74,6 +76,8 @@ class CompiledGradients:
         trained: the parameters to differentiate (the others, and every buffer, are graph inputs
             without gradients).
         max_graphs: signatures compiled at most; later ones return ``None`` (the caller runs eagerly).
+        zero_nan_grads, grad_clip_value: as in :class:`~pyro_mmvae.train.FitConfig`, applied to the
+            gradients inside the graph (what ``fit``'s ``clip_gradients`` does to them eagerly).
 
     Calling it with a batch (validated as the objective validates it: missing rows zero-filled)
     writes ``p.grad`` of every trained parameter and returns the loss (a detached 0-dim tensor), or
@@ -82,8 +86,16 @@ class CompiledGradients:
     """
 
     def __init__(
-        self, objective, model: torch.nn.Module, guide: torch.nn.Module, trained, max_graphs: int = MAX_GRAPHS
+        self,
+        objective,
+        model: torch.nn.Module,
+        guide: torch.nn.Module,
+        trained,
+        max_graphs: int = MAX_GRAPHS,
+        zero_nan_grads: bool = False,
+        grad_clip_value: float | None = None,
     ):
+        self.zero_nan_grads, self.grad_clip_value = bool(zero_nan_grads), grad_clip_value
         self.pair = ModelGuidePair(model, guide, objective)
         self.modalities = declared_modalities(model, guide)
         names = {id(p): n for n, p in self.pair.named_parameters()}
@@ -123,6 +135,12 @@ class CompiledGradients:
         pair, modalities = self.pair, self.modalities
         trained_names, other_names = list(self.trained), list(self._others)
         n, m = len(trained_names), len(other_names)
+        zero_nan, clip = self.zero_nan_grads, self.grad_clip_value
+
+        def treated(g):  # as clip_gradients: NaN -> 0 (infinities kept), then the element-wise clamp
+            if zero_nan:
+                g = torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf)
+            return g if clip is None else g.clamp(-clip, clip)
 
         def loss(trained, others, tensors):
             groups = {"data": {}, "present": {}, "labels": {}}
@@ -134,7 +152,7 @@ class CompiledGradients:
         def flat(*xs):
             trained = dict(zip(trained_names, xs[:n]))
             grads, value = grad_and_value(loss)(trained, dict(zip(other_names, xs[n : n + m])), xs[n + m :])
-            return [*(grads[k] for k in trained_names), value]
+            return [*(treated(grads[k]) for k in trained_names), value]
 
         return flat
 

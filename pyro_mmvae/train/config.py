@@ -107,7 +107,7 @@ class FitConfig:
             are always validated; Pyro's validation switched off globally stays off.
         compile: run each training step after a run's first as one compiled graph of the loss and its
             gradients (:mod:`~pyro_mmvae.train.compiled_step`): the same objective, drawing the same
-            random numbers, 1.4-3.8x faster for small models on one CPU thread once compiled (seconds to
+            random numbers, 1.4-4x faster for small models on one CPU thread once compiled (seconds to
             a minute per batch shape; with a β schedule, from its final β on). Needs a model and guide
             whose parameters are module attributes and whose Python code reads no tensor values (the
             library's models, guides and objectives); otherwise ``fit`` warns once, saying why, and

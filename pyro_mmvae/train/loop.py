@@ -162,7 +162,10 @@ def fit(
 
     state.optimizer = build_optimizer(config.optimizer, [p for _, p in trained], config.lr, config.optimizer_kwargs)
     if config.compile:
-        state.compiled = CompiledGradients(objective, model, guide, [p for _, p in trained])
+        state.compiled = CompiledGradients(
+            objective, model, guide, [p for _, p in trained], zero_nan_grads=config.zero_nan_grads,
+            grad_clip_value=config.grad_clip_value,
+        )  # fmt: skip
     state.scheduler = build_lr_scheduler(config.lr_schedule, state.optimizer, config.epochs)
     if not state.is_main:  # other ranks: only what decides stopping; rank 0's decision is sent to them
         given = [cb for cb in given if getattr(cb, "all_ranks", False)]
@@ -491,7 +494,10 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
             rows, value = _eager_step(state, local, rows, compute, first_step)
         if dp is not None:
             dp.average_gradients(params)
-        clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)
+        if compiled is None:
+            clip_gradients(params, config.zero_nan_grads, config.grad_clip_value, config.grad_clip)
+        else:  # the graph has zeroed NaNs and clamped the elements already
+            clip_gradients(params, False, None, config.grad_clip)
         optimizer.step()
         state.step += 1
         kill_point("fit_step", state.stage)  # test hook: no-op unless PYRO_MMVAE_KILL_AT is set

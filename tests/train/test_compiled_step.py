@@ -238,3 +238,20 @@ def test_a_parameter_the_loss_ignores_keeps_no_gradient():
         assert torch.equal(guide.unused, torch.ones(3)) and guide.unused.grad is None
     eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
     assert compiled == pytest.approx(eager, rel=1e-5)
+
+
+def test_the_graph_treats_gradients_as_clip_gradients_does():
+    from pyro_mmvae.train.loop import clip_gradients
+
+    model, guide, data = table3("PoE")
+    batch, params = rows(data.train, 100), [p for m in (model, guide) for p in m.parameters()]
+    compiled = CompiledGradients(MaskedELBO(), model, guide, params, zero_nan_grads=True, grad_clip_value=0.05)
+    torch.manual_seed(1)
+    compiled(batch, {"beta": 1.0})
+    grads = [p.grad.clone() for p in params]
+    torch.manual_seed(1)
+    eager_step(MaskedELBO(), model, guide, batch, params, {"beta": 1.0})
+    assert any(float(p.grad.abs().max()) > 0.05 for p in params)  # the clamp acts
+    clip_gradients(params, True, 0.05, None)
+    for g, p in zip(grads, params):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
