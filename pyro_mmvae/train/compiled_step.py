@@ -50,6 +50,7 @@ from .parameters import ModelGuidePair
 
 MAX_GRAPHS = 8
 _ZEROS = {torch.ops.aten.zeros_like.default, torch.ops.aten.zeros.default, torch.ops.aten.new_zeros.default}
+_TREATMENT = {torch.ops.aten.nan_to_num.default, torch.ops.aten.clamp.default}
 _LIBRARY_FRAME = re.compile(r"[/\\\\](torch|pyro|functorch)[/\\\\]")
 
 
@@ -182,8 +183,12 @@ class CompiledGradients:
         weight decay); the compiled step keeps that.
         """
         output = next(n for n in graph.graph.nodes if n.op == "output")
-        grads = output.args[0][: len(self.trained)]
-        return [getattr(g, "op", None) == "call_function" and g.target in _ZEROS for g in grads]
+        unused = []
+        for g in output.args[0][: len(self.trained)]:
+            while getattr(g, "op", None) == "call_function" and g.target in _TREATMENT:
+                g = g.args[0]  # through the graph's own NaN zeroing and clamping
+            unused.append(getattr(g, "op", None) == "call_function" and g.target in _ZEROS)
+        return unused
 
     def _check_constants(self, graph) -> None:
         """A model or guide tensor frozen into the graph as a constant would never change: refuse it."""

@@ -175,6 +175,11 @@ class FitConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             raise InputTypeError(f"seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
+        if self.compile and self.validate_distributions == "always":
+            raise InputError(
+                "compile=True and validate_distributions='always' contradict each other: a compiled step runs "
+                "without Pyro's validation (it checks a run's first step); choose one"
+            )
         if self.resume and self.overwrite:
             raise InputError("resume=True and overwrite=True contradict each other; choose one")
         if self.run_dir is None and (self.resume or self.tensorboard):

@@ -206,6 +206,8 @@ def test_a_buffer_updated_by_the_loss_trains_eagerly():
 def test_compile_settings_are_checked():
     with pytest.raises(InputTypeError, match="compile must be True or False"):
         FitConfig(epochs=1, batch_size=8, compile="yes")
+    with pytest.raises(InputError, match="contradict"):
+        FitConfig(epochs=1, batch_size=8, compile=True, validate_distributions="always")
     with pytest.raises(InputError, match="fit_ensemble does not compile"):
         fit_ensemble([Member(*linear_pair(0), seed=0)], linear_data(), epochs=1, batch_size=32, progress=False,
                      compile=True)  # fmt: skip
@@ -228,8 +230,8 @@ def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule():
 
 def test_a_parameter_the_loss_ignores_keeps_no_gradient():
     """Eager autograd leaves an unused parameter's gradient None (AdamW then neither steps nor decays it)."""
-    settings = dict(epochs=2, batch_size=64, lr=1e-2, progress=False, optimizer="adamw",
-                    optimizer_kwargs={"weight_decay": 0.1})  # fmt: skip
+    settings = dict(epochs=2, batch_size=64, lr=1e-2, progress=False, optimizer="adamw", zero_nan_grads=True,
+                    grad_clip_value=10.0, optimizer_kwargs={"weight_decay": 0.1})  # fmt: skip
     results = []
     for compile_step in (False, True):
         model, guide = linear_pair(0)
