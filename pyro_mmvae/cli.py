@@ -95,8 +95,8 @@ def _train_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     compile_help = (
-        "train the main stage with fit(compile=True): each step one compiled graph (same draws; faster for small "
-        "models, after seconds to a minute of compiling; not the toy JNF pipeline)"
+        "train with fit(compile=True): each step one compiled graph (same draws; faster for small models, after "
+        "seconds to a minute of compiling)"
     )
     p.add_argument("--compile", action="store_true", help=compile_help)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -311,9 +311,6 @@ def _train(args, quiet: bool) -> int:
 
 
 def _train_toy(args, quiet: bool) -> int:
-    if args.compile:
-        _fail(InputError(f"--compile: the toy JNF pipeline (--model {args.model}) trains eagerly; --compile applies "
-                         "to the aggregation models and baselines (e.g. --model sumpooling)"))  # fmt: skip
     if args.missing_rate:  # the toy pipeline's figures and coherence assume complete pairs
         _fail(InputError(f"--missing-rate {args.missing_rate}: the toy JNF pipeline (--model {args.model}) trains on "
                          "complete pairs; use an aggregation model or a baseline (e.g. --model sumpooling) for the toy "

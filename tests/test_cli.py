@@ -92,9 +92,7 @@ def test_bad_arguments_are_refused(tmp_path):
         main(["sample", "--run", str(tmp_path), "--given", "square"])
     with pytest.raises(SystemExit, match="--missing-rate 0.3: the toy JNF pipeline"):
         main(["train", "--missing-rate", "0.3", "--out", str(tmp_path / "m"), *SMALL])
-    with pytest.raises(SystemExit, match="--compile: the toy JNF pipeline"):
-        main(["train", "--compile", "--out", str(tmp_path / "c"), *SMALL])
-    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "m").exists()
 
 
 def test_the_toy_data_takes_a_missing_rate():

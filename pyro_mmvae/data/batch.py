@@ -27,22 +27,29 @@ from .modality import Modality
 
 Subset = None | Iterable[str] | Mapping[str, torch.Tensor]
 
-# Set while a training step is traced into a graph (fit(compile=True)), which only traces batches that
-# observe every modality in some row: the answer of observed_names is then known without reading values.
-_EVERY_MODALITY_OBSERVED: ContextVar[bool] = ContextVar("every_modality_observed", default=False)
+# Set while a training step is traced into a graph (fit(compile=True)): the tensors have no values, and
+# the tracer only traces batches that observe every modality in some row.
+_TRACING_STEP: ContextVar[bool] = ContextVar("tracing_step", default=False)
 
 
 @contextmanager
-def every_modality_observed() -> Iterator[None]:
-    """Inside the block, :meth:`MultimodalBatch.observed_names` assumes each modality is observed in some row.
+def tracing_step() -> Iterator[None]:
+    """Inside the block, code runs on tensors without values (a training step being traced).
 
-    For tracing code on tensors without values (``fit(compile=True)``); the caller guarantees it is true.
+    :meth:`MultimodalBatch.observed_names` then answers that every modality is observed in some row
+    (the tracer guarantees it), and :func:`is_tracing_step` tells code whose shapes would depend on
+    values (e.g. selecting a modality's present rows) to compute on every row and mask instead.
     """
-    token = _EVERY_MODALITY_OBSERVED.set(True)
+    token = _TRACING_STEP.set(True)
     try:
         yield
     finally:
-        _EVERY_MODALITY_OBSERVED.reset(token)
+        _TRACING_STEP.reset(token)
+
+
+def is_tracing_step() -> bool:
+    """Whether the code runs inside :func:`tracing_step`."""
+    return _TRACING_STEP.get()
 
 
 @dataclass
@@ -132,7 +139,7 @@ class MultimodalBatch:
     def observed_names(self, names: Iterable[str]) -> list[str]:
         """The modalities of ``names`` that the batch holds and observes in at least one row, in that order."""
         held = [n for n in names if n in self.data]
-        if _EVERY_MODALITY_OBSERVED.get():
+        if _TRACING_STEP.get():
             return held
         return [n for n in held if bool(self.present[n].any())]
 

@@ -87,6 +87,7 @@ class ToyTrainConfig:
     seed: int = 0
     resume: bool = False
     no_progress: bool = False
+    compile: bool = False  # every stage with fit(compile=True)
     track: str | None = None  # "mlflow" or "wandb": also log to that tracker (--track)
     track_uri: str | None = None
 
@@ -167,6 +168,7 @@ def train_toy(config: ToyTrainConfig, command: str = "train") -> ToyTrainResult:
         device=device,
         progress=progress,
         callbacks=callbacks,
+        compile=config.compile,
     )
     kill_point("stage_end", "joint")  # test hook (no-op unless PYRO_MMVAE_KILL_AT is set)
     set_seed(config.seed)  # the metrics draw samples: the same draws whether or not the run was resumed
@@ -243,6 +245,7 @@ def train_experts(
             device=device,
             progress=progress,
             callbacks=list(callbacks),
+            compile=config.compile,
         )
         kill_point("stage_end", stage)
         experts[variant] = guide

@@ -85,7 +85,7 @@ class RunConfig:
     resume: bool = False
     download: bool = False
     no_progress: bool = False
-    compile: bool = False  # the main stage with fit(compile=True)
+    compile: bool = False  # the main and expert stages with fit(compile=True)
     track: str | None = None
     track_uri: str | None = None
 
@@ -244,7 +244,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
         epochs=settings.epochs,
         beta=beta,
         val_data=splits.validation,
-        compile=config.compile,  # not the JNF expert stage: JNFLoss reads each expert's present rows only
+        compile=config.compile,
         **_stage_settings(config, settings, out, stage, device, log),
     )
     stages[stage] = _summary(result)
@@ -264,6 +264,7 @@ def train_run(config: RunConfig, command: str = "train") -> Path:
             val_data=splits.validation,
             params=experts.experts,
             train_mode_modules=[experts.experts],
+            compile=config.compile,
             **_stage_settings(config, settings, out, expert_stage, device, log),
         )
         stages[expert_stage] = _summary(result)

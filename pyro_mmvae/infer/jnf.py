@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from ..data.batch import MultimodalBatch
+from ..data.batch import MultimodalBatch, is_tracing_step
 from .elbo import LossELBO
 
 
@@ -138,6 +138,10 @@ class JNFLoss(LossELBO):
         if z.dim() != 3 or z.shape[1] != b:
             raise ValueError(f"z must have shape (L, {b}, D), got {tuple(z.shape)}")
         for name in self._names(guide, batch):
+            if is_tracing_step():  # no shape may depend on values: every row, then the mask (where, not *)
+                lp = guide.expert(batch, name).log_prob(z)
+                out[name] = torch.where(batch.present[name], lp, torch.zeros_like(lp))
+                continue
             rows, sub = self._rows(batch, name)
             lp = guide.expert(sub, name).log_prob(z if sub is batch else z[:, rows])
             full = lp.new_zeros(z.shape[0], b)

@@ -43,7 +43,7 @@ import torch
 from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..data.batch import MultimodalBatch, every_modality_observed
+from ..data.batch import MultimodalBatch, tracing_step
 from ..data.validation import declared_modalities, mark_validated, validate_batch
 from ..errors import PyroMMVAEError
 from .parameters import ModelGuidePair
@@ -98,6 +98,10 @@ class CompiledGradients:
     ):
         self.zero_nan_grads, self.grad_clip_value = bool(zero_nan_grads), grad_clip_value
         self.pair = ModelGuidePair(model, guide, objective)
+        if not isinstance(objective, torch.nn.Module):
+            # networks the objective holds (JNFLoss's frozen joint encoder): graph inputs like the others'
+            held = [v for v in vars(objective).values() if isinstance(v, torch.nn.Module)]
+            self.pair.objective_modules = torch.nn.ModuleList(held)
         self.modalities = declared_modalities(model, guide)
         names = {id(p): n for n, p in self.pair.named_parameters()}
         self.trained = {names[id(p)]: p for p in trained}
@@ -160,7 +164,7 @@ class CompiledGradients:
     def _build(self, batch: MultimodalBatch, loss_kwargs: dict, layout):
         inputs = self._flat_inputs(batch, layout)
         try:
-            with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), every_modality_observed():
+            with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), tracing_step():
                 graph = make_fx(self._flat_loss(loss_kwargs, layout), tracing_mode="fake", _allow_non_fake_inputs=True)(
                     *inputs
                 )
