@@ -10,6 +10,8 @@
 - :mod:`~pyro_mmvae.train.projectors` — the JNF-Shared projector stage;
 - :mod:`~pyro_mmvae.train.ensemble` — :func:`fit_ensemble`, several seeds of one architecture trained in one
   vectorised loop (``torch.func.vmap``), each member equal to its own ``fit``;
+- :mod:`~pyro_mmvae.train.compiled_step` — ``fit(compile=True)``: the loss and its gradients traced into one
+  graph and compiled (:class:`CompiledGradients`, :class:`StepCompileError`);
 - :mod:`~pyro_mmvae.train.data_parallel` — the same ``fit`` over N processes started by ``torchrun``;
 - :mod:`~pyro_mmvae.train.tracking` — MLflow and Weights & Biases loggers (optional extras).
 """
@@ -24,6 +26,7 @@ from .callbacks import (
     TensorBoardLogger,
 )
 from .checkpoint import CheckpointError, CheckpointMismatchError
+from .compiled_step import CompiledGradients, StepCompileError
 from .config import FitConfig
 from .ensemble import EnsembleResult, Member, VectorisationError, fit_ensemble, members_from
 from .loop import fit
@@ -40,6 +43,8 @@ __all__ = [
     "EnsembleResult",
     "VectorisationError",
     "FitConfig",
+    "CompiledGradients",
+    "StepCompileError",
     "FitResult",
     "NonFiniteLossError",
     "TrainingState",
