@@ -42,6 +42,7 @@ import pyro
 import torch
 from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._pytree import tree_leaves
 
 from ..data.batch import MultimodalBatch, tracing_step
 from ..data.validation import declared_modalities, mark_validated, validate_batch
@@ -130,6 +131,11 @@ class CompiledGradients:
             for group, d in (("data", batch.data), ("present", batch.present), ("labels", batch.labels))
             for name, t in d.items()
         )
+        held = [k for k, v in loss_kwargs.items() if any(isinstance(t, torch.Tensor) for t in tree_leaves(v))]
+        if held:  # a graph would hold the tensor's values of its first step as constants
+            raise StepCompileError(
+                f"compile=True: loss keyword argument(s) {held} hold tensors; a graph would keep their first values"
+            )
         kwargs = tuple(sorted((k, repr(v)) for k, v in loss_kwargs.items()))
         modes = tuple(m.training for m in self._modules)
         return tensors, kwargs, modes

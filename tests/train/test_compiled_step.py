@@ -281,3 +281,11 @@ def test_jnf_stage_two_compiles_with_missing_rows():
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
     for g, e in zip(grads, eager_grads):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * float(e.abs().max()) + 1e-7)
+
+
+def test_tensors_in_the_loss_keywords_are_not_frozen_into_a_graph():
+    model, guide, data = table3("SumPooling")
+    compiled = CompiledGradients(MaskedELBO(), model, guide, list(guide.parameters()))
+    subset = {"x": torch.ones(100, dtype=torch.bool), "u": torch.zeros(100, dtype=torch.bool)}
+    with pytest.raises(StepCompileError, match=r"\['mask'\] hold tensors"):
+        compiled(rows(data.train, 100), {"beta": 1.0, "mask": subset})
