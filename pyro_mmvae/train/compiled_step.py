@@ -7,8 +7,8 @@ handler stack and one autograd node per tensor operation (Table 3 of the permuta
 graph of tensor operations, forward and backward together (``make_fx`` of ``torch.func.grad_and_value``
 on fake tensors, taking one flat list of tensors), and Inductor compiles that graph. Pyro's programs run
 only while tracing; each step then executes the graph, which also applies ``fit``'s element-wise
-gradient treatment (NaN → 0, clamping to ±``grad_clip_value``). Adam, norm clipping and every check of
-``fit`` stay as they are.
+gradient treatment (NaN → 0, clamping to ±``grad_clip_value``). Adam, norm clipping and ``fit``'s check
+of every step's loss stay as they are.
 
 What a traced step requires, checked when its graph is built (a :class:`StepCompileError` says what
 is wrong; ``fit`` then warns once and trains the run eagerly):
@@ -17,11 +17,17 @@ is wrong; ``fit`` then warns once and trains the run eagerly):
   fake tensors have no values, so such code fails to trace instead of being frozen into the graph;
 - every parameter and buffer the loss reads is an attribute of the model or the guide: a network held
   elsewhere (a plain Pyro function model's, Pyro's param store) would be frozen into the graph;
-- the loss updates no buffer in place (e.g. BatchNorm in train mode).
+- the loss updates no buffer, in place (e.g. BatchNorm in train mode) or by assigning a new tensor;
+- loss keyword arguments hold no tensors.
+
+Everything else the loss reads from Python is frozen when a graph is traced: attribute values of
+objective, model and guide (``objective.alpha``, a mask sampler's kind) and any NumPy or Python-``random``
+draw. Change them between runs, not during one.
 
 Random draws run inside the graph in the eager order, from torch's global generator (Inductor's
-``fallback_random``): a compiled step draws what the eager step draws, so runs resume exactly and a
-compiled step equals the eager one up to floating-point reduction order. One graph is built per
+``fallback_random``): a compiled step draws what the eager step draws and equals it up to floating-point
+reduction order. A resumed run continues the same random stream; its first step runs eagerly, so it
+matches the uninterrupted compiled run up to that reduction order. One graph is built per
 signature: names, shapes and dtypes of the batch's tensors, the loss keyword values (β as a Python
 number is one of them) and the modules' train/eval modes. Compiling takes seconds to a minute, so
 ``fit`` compiles a β schedule's epochs only from its final β on, and after ``max_graphs`` graphs
@@ -50,7 +56,13 @@ from ..errors import PyroMMVAEError
 from .parameters import ModelGuidePair
 
 MAX_GRAPHS = 8
-_ZEROS = {torch.ops.aten.zeros_like.default, torch.ops.aten.zeros.default, torch.ops.aten.new_zeros.default}
+_ZEROS = {torch.ops.aten.zeros_like.default}
+_VALUE_DEPENDENT = {
+    "GuardOnDataDependentSymNode",
+    "DataDependentOutputException",
+    "DynamicOutputShapeException",
+    "UserError",  # torch's wrapper of the data-dependent errors in some versions
+}
 _TREATMENT = {torch.ops.aten.nan_to_num.default, torch.ops.aten.clamp.default}
 _LIBRARY_FRAME = re.compile(r"[/\\\\](torch|pyro|functorch)[/\\\\]")
 
@@ -122,7 +134,7 @@ class CompiledGradients:
         return [
             *(p.detach() for p in self.trained.values()),
             *(t.detach() for t in self._others.values()),
-            *(groups[group][name] for group, name in layout),
+            *(groups[group][name].contiguous() for group, name in layout),  # the graph is built for these strides
         ]
 
     def _signature(self, batch: MultimodalBatch, loss_kwargs: Mapping) -> tuple:
@@ -177,14 +189,25 @@ class CompiledGradients:
         except StepCompileError:
             raise
         except Exception as err:
+            hint = ""
+            if type(err).__name__ in _VALUE_DEPENDENT:
+                hint = (
+                    ". A traced step may not read tensor values in Python (if x.any(), .item(), float(x)) nor "
+                    "make shapes depend on them (boolean-mask indexing, nonzero) in model, guide or objective"
+                )
             raise StepCompileError(
-                f"compile=True could not trace the training step: {_first_line(err)}{_culprit(err)}. "
-                "A traced step may not read tensor values in Python (if x.any(), .item(), float(x)) anywhere in "
-                "model, guide or objective"
+                f"compile=True could not trace the training step: {_first_line(err)}{_culprit(err)}{hint}"
             ) from err
         self._check_constants(graph)
         self._check_no_input_mutation(graph)
-        return _compile(graph, inputs), self._unused(graph)
+        try:
+            compiled = _compile(graph, inputs)
+        except Exception as err:
+            raise StepCompileError(
+                f"compile=True: Inductor could not compile the training step ({_first_line(err)}); it needs a C++ "
+                "compiler on CPU and Triton on CUDA"
+            ) from err
+        return compiled, self._unused(graph)
 
     def _unused(self, graph) -> list[bool]:
         """Per trained tensor: whether the loss does not depend on it (its gradient is a fresh zero tensor).
@@ -193,11 +216,13 @@ class CompiledGradients:
         weight decay); the compiled step keeps that.
         """
         output = next(n for n in graph.graph.nodes if n.op == "output")
+        placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
         unused = []
-        for g in output.args[0][: len(self.trained)]:
+        for g, own in zip(output.args[0][: len(self.trained)], placeholders):
             while getattr(g, "op", None) == "call_function" and g.target in _TREATMENT:
                 g = g.args[0]  # through the graph's own NaN zeroing and clamping
-            unused.append(getattr(g, "op", None) == "call_function" and g.target in _ZEROS)
+            # zeros_like of the parameter itself; a zero that flows through the loss (round, sign) is a gradient
+            unused.append(getattr(g, "op", None) == "call_function" and g.target in _ZEROS and g.args[0] is own)
         return unused
 
     def _check_constants(self, graph) -> None:
@@ -252,21 +277,47 @@ class CompiledGradients:
                     )
                     self._warned = True
                 return None
+            self._check_buffers()
             self.graphs[key] = self._build(batch, dict(loss_kwargs), layout)
         compiled, unused = self.graphs[key]
+        rng = torch.get_rng_state() if first else None
         try:
             *grads, loss = compiled(*self._flat_inputs(batch, layout))
         except Exception as err:
-            if not first:
-                raise
+            if not first or _is_nan_sampling_error(err):
+                raise  # a NaN the networks produced: fit reports it as a non-finite loss
             del self.graphs[key]
+            torch.set_rng_state(rng)  # the eager step that follows draws what it would have drawn
             raise StepCompileError(
-                f"compile=True: the compiled training step failed on its first call ({_first_line(err)}); Inductor "
-                "needs a C++ compiler on CPU and Triton on CUDA"
+                f"compile=True: the compiled training step failed on its first call ({_first_line(err)})"
             ) from err
+        seen = set()
         for p, g, skip in zip(self.trained.values(), grads, unused):
-            p.grad = None if skip else g
+            if skip:
+                p.grad = None
+                continue
+            ptr = g.untyped_storage().data_ptr()
+            if ptr in seen or g.stride() != p.stride():  # one tensor for two parameters, or a broadcast view:
+                g = g.clone(memory_format=torch.contiguous_format)  # eager autograd gives each its own
+            seen.add(ptr)
+            p.grad = g
         return loss.detach()
+
+    def _check_buffers(self) -> None:
+        """A buffer replaced since construction (assigned in ``forward``, e.g. a running average) would be
+        frozen into a graph; refuse it."""
+        current = dict(self.pair.named_buffers())
+        for name, b in self._others.items():
+            if name in current and current[name] is not b:
+                raise StepCompileError(
+                    f"compile=True: buffer {name!r} was replaced by a new tensor (assigned in forward, e.g. a running "
+                    "average); a graph would never update it"
+                )
+
+
+def _is_nan_sampling_error(err: Exception) -> bool:
+    """A categorical draw from NaN probabilities (the networks diverged), which fit reports as such."""
+    return isinstance(err, RuntimeError) and "probability tensor contains" in str(err)
 
 
 def _compile(graph, inputs: list[torch.Tensor]):
@@ -275,8 +326,7 @@ def _compile(graph, inputs: list[torch.Tensor]):
     try:
         from torch._inductor import config as inductor_config
         from torch._inductor.compile_fx import compile_fx
-
-        with inductor_config.patch(fallback_random=True):
-            return compile_fx(graph, inputs)
-    except Exception:  # an Inductor without this entry point: the public one
+    except (ImportError, AttributeError):  # an Inductor without this entry point: the public one
         return torch.compile(graph, backend="inductor", dynamic=False, options={"fallback_random": True})
+    with inductor_config.patch(fallback_random=True):
+        return compile_fx(graph, inputs)

@@ -488,6 +488,13 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
             except StepCompileError as err:  # an optimisation only: say why, and train on eagerly
                 warnings.warn(f"{err}; fit trains this run eagerly (as with compile=False)", stacklevel=4)
                 state.compiled = None
+            except RuntimeError as err:
+                if "probability tensor contains" not in str(err):
+                    raise
+                raise NonFiniteLossError(  # as _loss reports a categorical draw from NaN probabilities
+                    f"a distribution was built from NaN/inf values computed from the trained parameters "
+                    f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
+                ) from err
             if compiled is not None:
                 rows, value = batch.batch_size, _finite_loss(float(compiled), state, first_step)
         if compiled is None:

@@ -17,7 +17,7 @@ from pyro_mmvae.experiments.pi_tables.builders import build_elbo, build_guide, b
 from pyro_mmvae.experiments.pi_tables.settings import Row
 from pyro_mmvae.experiments.runs import RunConfig, run_modalities
 from pyro_mmvae.guides import SumPoolingGuide
-from pyro_mmvae.infer import MaskedELBO
+from pyro_mmvae.infer import BetaELBO, MaskedELBO
 from pyro_mmvae.models import multimodal_model
 from pyro_mmvae.nn.shared_encodings import without_module_registration
 from pyro_mmvae.train import FitConfig, Member, fit, fit_ensemble
@@ -29,6 +29,15 @@ from tests.train.test_fit import LINEAR, linear_data, linear_pair
 pytestmark = pytest.mark.skipif(
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="Inductor needs a C++ compiler on CPU"
 )
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    """The values every CompiledGradients call returned (None: that step ran eagerly)."""
+    calls = []
+    call = CompiledGradients.__call__
+    monkeypatch.setattr(CompiledGradients, "__call__", lambda *a: calls.append(call(*a)) or calls[-1])
+    return calls
 
 
 def table3(aggregator, prior="normal", n=200):
@@ -123,14 +132,12 @@ def test_each_batch_shape_gets_its_own_graph_and_later_ones_run_eagerly():
         assert compiled(rows(data.train, 100), {"beta": 0.25}) is None
 
 
-def test_fit_compiled_trains_as_fit_does_and_resumes(tmp_path, monkeypatch):
+def test_fit_compiled_trains_as_fit_does_and_resumes(tmp_path, compiled_calls):
     settings = dict(epochs=3, batch_size=48, lr=1e-2, progress=False, grad_clip=1.0)  # 128 rows: a short last batch
     eager_model, eager_guide = linear_pair(0)
     eager = fit(eager_model, eager_guide, linear_data(), **settings)
     model, guide = linear_pair(0)
-    compiled_steps = []
-    call = CompiledGradients.__call__
-    monkeypatch.setattr(CompiledGradients, "__call__", lambda *a: compiled_steps.append(call(*a)) or compiled_steps[-1])
+    compiled_steps = compiled_calls
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to eager
         compiled = fit(model, guide, linear_data(), compile=True, **settings)
@@ -144,7 +151,9 @@ def test_fit_compiled_trains_as_fit_does_and_resumes(tmp_path, monkeypatch):
     model, guide = linear_pair(0)
     fit(model, guide, linear_data(), compile=True, run_dir=tmp_path, **{**settings, "epochs": 1})
     model, guide = linear_pair(0)
+    compiled_steps.clear()
     resumed = fit(model, guide, linear_data(), compile=True, run_dir=tmp_path, resume=True, **settings)
+    assert len(compiled_steps) == 2 * 3 - 1 and all(v is not None for v in compiled_steps)  # resumed run compiles
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in compiled.history], rel=1e-5
     )
@@ -213,7 +222,7 @@ def test_compile_settings_are_checked():
                      compile=True)  # fmt: skip
 
 
-def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule():
+def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule(compiled_calls):
     from pyro_mmvae.train.schedules import LinearAnnealing
 
     settings = dict(epochs=4, batch_size=64, lr=1e-2, progress=False, beta=LinearAnnealing(0.1, 1.0, 2))
@@ -223,12 +232,13 @@ def test_fit_compiled_with_frozen_parameters_and_a_beta_schedule():
         frozen = [p.detach().clone() for p in model.parameters()]
         results.append(fit(model, guide, linear_data(), params=guide, compile=compile_step, **settings))
         assert all(torch.equal(a, p) for a, p in zip(frozen, model.parameters()))  # the model stayed frozen
+    assert len(compiled_calls) == 2 * 2 and all(v is not None for v in compiled_calls)  # epochs 3-4 compiled
     eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
     assert compiled[:2] == eager[:2]  # the annealing epochs run eagerly: the same numbers exactly
     assert compiled == pytest.approx(eager, rel=1e-5)
 
 
-def test_a_parameter_the_loss_ignores_keeps_no_gradient():
+def test_a_parameter_the_loss_ignores_keeps_no_gradient(compiled_calls):
     """Eager autograd leaves an unused parameter's gradient None (AdamW then neither steps nor decays it)."""
     settings = dict(epochs=2, batch_size=64, lr=1e-2, progress=False, optimizer="adamw", zero_nan_grads=True,
                     grad_clip_value=10.0, optimizer_kwargs={"weight_decay": 0.1})  # fmt: skip
@@ -238,6 +248,7 @@ def test_a_parameter_the_loss_ignores_keeps_no_gradient():
         guide.unused = nn.Parameter(torch.ones(3))
         results.append(fit(model, guide, linear_data(), compile=compile_step, **settings))
         assert torch.equal(guide.unused, torch.ones(3)) and guide.unused.grad is None
+    assert compiled_calls and all(v is not None for v in compiled_calls)
     eager, compiled = ([h["train_loss"] for h in r.history] for r in results)
     assert compiled == pytest.approx(eager, rel=1e-5)
 
@@ -289,3 +300,29 @@ def test_tensors_in_the_loss_keywords_are_not_frozen_into_a_graph():
     subset = {"x": torch.ones(100, dtype=torch.bool), "u": torch.zeros(100, dtype=torch.bool)}
     with pytest.raises(StepCompileError, match=r"\['mask'\] hold tensors"):
         compiled(rows(data.train, 100), {"beta": 1.0, "mask": subset})
+
+
+class _SharedGradients:
+    """BetaELBO plus terms whose gradients a graph may share between parameters or broadcast."""
+
+    def differentiable_loss(self, model, guide, batch, beta=1.0):
+        extra = ((guide.a + guide.b) * 2.0).sum() + guide.c.sum() + torch.round(guide.d).sum()
+        return BetaELBO().differentiable_loss(model, guide, batch, beta=beta) + extra
+
+
+def test_gradients_are_separate_dense_tensors_as_in_eager_autograd():
+    from pyro_mmvae.train.loop import clip_gradients
+
+    model, guide = linear_pair(0)
+    guide.a, guide.b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    guide.c, guide.d = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.full((2,), 0.3))
+    params = [*model.parameters(), *guide.parameters()]
+    compiled = CompiledGradients(_SharedGradients(), model, guide, params)
+    batch = rows(linear_data(), 64)
+    torch.manual_seed(0)
+    compiled(batch, {"beta": 1.0})
+    assert guide.a.grad is not guide.b.grad and guide.c.grad.is_contiguous()
+    assert torch.equal(guide.d.grad, torch.zeros(2))  # a zero that flows through the loss is a gradient, not None
+    clip_gradients(params, False, None, 0.5)  # in-place norm clipping must scale each gradient once
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert float(total) == pytest.approx(0.5, rel=1e-4)
