@@ -108,7 +108,8 @@ class JNFLoss(LossELBO):
         """``name → (L, B)`` values of E-estimates ``log q_j(z | x_j)``, zero where j is missing.
 
         With ``analytic=True`` the values are −[KL(q ‖ q_j) + H(q)], shape ``(1, B)``. ``z`` may be
-        given as ``(L, B, D)`` (Monte Carlo only). Experts are evaluated on the present rows only.
+        given as ``(L, B, D)`` (Monte Carlo only). Experts are evaluated on the present rows only (inside a
+        traced step, ``fit(compile=True)``: on every row, the missing ones masked out with ``torch.where``).
         """
         b = batch.batch_size
         out = {}
