@@ -112,8 +112,9 @@ class CompiledGradients:
         self.zero_nan_grads, self.grad_clip_value = bool(zero_nan_grads), grad_clip_value
         self.pair = ModelGuidePair(model, guide, objective)
         if not isinstance(objective, torch.nn.Module):
-            # networks the objective holds (JNFLoss's frozen joint encoder): graph inputs like the others'
-            held = [v for v in vars(objective).values() if isinstance(v, torch.nn.Module)]
+            # networks the objective holds (JNFLoss's frozen joint encoder), also in lists, tuples and dicts:
+            # graph inputs like the others', never constants
+            held = [m for m in tree_leaves(vars(objective)) if isinstance(m, torch.nn.Module)]
             self.pair.objective_modules = torch.nn.ModuleList(held)
         self.modalities = declared_modalities(model, guide)
         names = {id(p): n for n, p in self.pair.named_parameters()}
