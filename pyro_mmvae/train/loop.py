@@ -180,6 +180,12 @@ def fit(
     if state.parallel is not None:
         state.parallel.broadcast_parameters([model, guide])
     _run(state, train, val, every, train_mode_modules)
+    if state.compiled is not None and not state.compiled.graphs and state.step - state.run_start_step > 1:
+        warnings.warn(
+            "compile=True compiled no training step: every step after the first ran eagerly (a β schedule that "
+            "never reached its final value, or batches with a modality observed in no row)",
+            stacklevel=2,
+        )
     if config.restore_best and state.best.weights is not None:
         model.load_state_dict(state.best.weights["model"])
         guide.load_state_dict(state.best.weights["guide"])

@@ -326,3 +326,12 @@ def test_gradients_are_separate_dense_tensors_as_in_eager_autograd():
     clip_gradients(params, False, None, 0.5)  # in-place norm clipping must scale each gradient once
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert float(total) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_a_run_that_compiles_no_step_says_so():
+    from pyro_mmvae.train.schedules import LinearAnnealing
+
+    model, guide = linear_pair(0)
+    with pytest.warns(UserWarning, match="compiled no training step"):  # β is still annealing at the end
+        fit(model, guide, linear_data(), epochs=2, batch_size=64, progress=False, compile=True,
+            beta=LinearAnnealing(0.1, 1.0, 4))  # fmt: skip
