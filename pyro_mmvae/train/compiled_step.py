@@ -285,7 +285,7 @@ class CompiledGradients:
         try:
             *grads, loss = compiled(*self._flat_inputs(batch, layout))
         except Exception as err:
-            if not first or _is_nan_sampling_error(err):
+            if not first or is_nan_sampling_error(err):
                 raise  # a NaN the networks produced: fit reports it as a non-finite loss
             del self.graphs[key]
             torch.set_rng_state(rng)  # the eager step that follows draws what it would have drawn
@@ -316,7 +316,7 @@ class CompiledGradients:
                 )
 
 
-def _is_nan_sampling_error(err: Exception) -> bool:
+def is_nan_sampling_error(err: Exception) -> bool:
     """A categorical draw from NaN probabilities (the networks diverged), which fit reports as such."""
     return isinstance(err, RuntimeError) and "probability tensor contains" in str(err)
 

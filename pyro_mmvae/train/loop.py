@@ -54,7 +54,7 @@ from .callbacks import (
     run_order,
 )
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointMismatchError, load_weights, set_rng_state, state_signature
-from .compiled_step import CompiledGradients, StepCompileError
+from .compiled_step import CompiledGradients, StepCompileError, is_nan_sampling_error
 from .config import RUNTIME_FIELDS, FitConfig
 from .data_parallel import DataParallel
 from .data_source import DataSource
@@ -447,6 +447,31 @@ def _finite_loss(value: float, state: TrainingState, first_step: int) -> float:
     return value
 
 
+def _compiled_step(state: TrainingState, local, beta: float, loss_kwargs: dict, first_step: int):
+    """The step's gradients from the compiled graph: ``(rows, mean loss)``, or None where it runs eagerly.
+
+    A run's first step and the epochs of a β schedule before its final β run eagerly (β is a constant of
+    a graph); a step that cannot be compiled faithfully makes the rest of the run eager, with a warning.
+    """
+    if state.compiled is None or _validates_distributions(state) or beta != state.config.beta_schedule.final:
+        return None
+    batch = prepare_batch(local, state.device, state.model, state.guide, what="train_data")
+    try:
+        loss = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly
+    except StepCompileError as err:  # an optimisation only: say why, and train on eagerly
+        warnings.warn(f"{err}; fit trains this run eagerly (as with compile=False)", stacklevel=5)
+        state.compiled = None
+        return None
+    except RuntimeError as err:
+        if not is_nan_sampling_error(err):
+            raise
+        raise NonFiniteLossError(  # as _loss reports a categorical draw from NaN probabilities
+            f"a distribution was built from NaN/inf values computed from the trained parameters "
+            f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
+        ) from err
+    return None if loss is None else (batch.batch_size, _finite_loss(float(loss), state, first_step))
+
+
 def _eager_step(state: TrainingState, local, rows, compute, first_step: int) -> tuple[int, float]:
     """Loss and backward of one step, eagerly; ``(rows of the whole batch, mean loss over them)``."""
     dp = state.parallel
@@ -484,27 +509,8 @@ def _train_epoch(state: TrainingState, batches, beta: float, step_hooks: list[Ca
 
     for local, rows in batches:
         optimizer.zero_grad(set_to_none=True)
-        compiled = None
-        # the first step of a run, and the epochs of a β schedule before its final β, run eagerly:
-        # β is a constant of the compiled graph
-        if state.compiled is not None and not _validates_distributions(state) and beta == config.beta_schedule.final:
-            batch = prepare_batch(local, state.device, state.model, state.guide, what="train_data")
-            try:
-                compiled = state.compiled(batch, loss_kwargs)  # writes the gradients; None: run this one eagerly
-            except StepCompileError as err:  # an optimisation only: say why, and train on eagerly
-                warnings.warn(f"{err}; fit trains this run eagerly (as with compile=False)", stacklevel=4)
-                state.compiled = None
-            except RuntimeError as err:
-                if "probability tensor contains" not in str(err):
-                    raise
-                raise NonFiniteLossError(  # as _loss reports a categorical draw from NaN probabilities
-                    f"a distribution was built from NaN/inf values computed from the trained parameters "
-                    f"{_where(state, first_step)}. Try a smaller lr, grad_clip, or check the data"
-                ) from err
-            if compiled is not None:
-                rows, value = batch.batch_size, _finite_loss(float(compiled), state, first_step)
-        if compiled is None:
-            rows, value = _eager_step(state, local, rows, compute, first_step)
+        compiled = _compiled_step(state, local, beta, loss_kwargs, first_step)  # (rows, loss) or None
+        rows, value = compiled if compiled is not None else _eager_step(state, local, rows, compute, first_step)
         if dp is not None:
             dp.average_gradients(params)
         if compiled is None:
