@@ -23,7 +23,8 @@ Usage::
                                          # result.json files committed there (--report-only: report, no training)
 
 Numbers compared with the published ones follow the published code where it is known: MCC from the
-first canonical pair (all pairs are reported too), PoE rows with both means (the published numbers are
+first canonical pair, scored for Tables 3-4 by the randomized dependence coefficient as the published
+mcc.py (Pearson's score and all pairs are reported too), PoE rows with both means (the published numbers are
 compared with the Σ μ_s v_s / P row), Table 4's extra views kept with probability 0.33. Tables 1-3 also
 report each seed's true-model log-likelihood and the gap to it: a summed LLH depends strongly on the
 dataset drawn.

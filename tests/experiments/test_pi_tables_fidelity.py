@@ -16,6 +16,7 @@ from pyro_mmvae.distributions.experts import product_of_experts
 from pyro_mmvae.experiments.pi_tables import (
     EVALUATION_VERSION,
     LAYOUT,
+    MCC_METHOD,
     PAPER_MEAN_POE,
     RunOptions,
     authors_ivae_bimodal,
@@ -133,6 +134,54 @@ def test_mcc_one_canonical_pair_and_all_pairs():
     assert out["mcc"] == pytest.approx(1 / math.sqrt(1.25), abs=tol)
     assert out["mcc_all_pairs"] == pytest.approx(0.5 / math.sqrt(1.25), abs=tol)
     assert out["mcc_strong"] == pytest.approx(0.5 / math.sqrt(1.25), abs=tol)  # |corr| of the matched raw pairs
+    assert out["mcc_in"] == pytest.approx(1 / math.sqrt(1.25), abs=tol) and "mcc_pearson" not in out
+
+
+def test_mcc_of_tables_3_and_4_scores_the_pair_as_the_published_scripts():
+    # ẑ = (z₀³, e): the first canonical pair is (z₀, z₀³); Pearson scores it 3/√15, the randomized
+    # dependence coefficient (MCC_METHOD[3]) ≈ 1, since z₀³ identifies z₀ up to a monotone map
+    assert MCC_METHOD == {2: "pearson", 3: "rdc", 4: "rdc"}
+    g = torch.Generator().manual_seed(1)
+    n = 20_000
+    z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    z_hat = torch.stack([z[:, 0] ** 3, torch.randn(n, generator=g, dtype=torch.float64)], -1)
+    data = ivae_bimodal(num_samples=n, seed=0)
+    data.train.full.labels["z"] = z
+    out = mcc_metrics(_FixedLatents(z_hat.float()), data.train, 5000, method=MCC_METHOD[3], seed=0)
+    tol = 4 / math.sqrt(n / 2)
+    assert out["mcc"] > 0.99 and out["mcc_in"] > 0.99
+    assert out["mcc_pearson"] == pytest.approx(3 / math.sqrt(15), abs=0.03)
+    assert out["mcc_all_pairs"] == pytest.approx(out["mcc_pearson"] / 2, abs=tol)
+    again = mcc_metrics(_FixedLatents(z_hat.float()), data.train, 5000, method=MCC_METHOD[3], seed=0)
+    assert again == pytest.approx(out, abs=1e-9)  # the random features are seeded (ẑ: a 1e-12-wide sample)
+
+
+class _ExpertLatents(torch.nn.Module):
+    """q(z | x_S) a point mass at ``latents[S]`` for S = one modality, ``latents[None]`` for all (dataset order)."""
+
+    def __init__(self, latents):
+        super().__init__()
+        self.latents, self.next = latents, {k: 0 for k in latents}
+
+    def posterior(self, batch, subset=None):
+        key = None if subset is None else tuple(subset)
+        z = self.latents[key][self.next[key] : self.next[key] + batch.batch_size]
+        self.next[key] += batch.batch_size
+        return torch.distributions.Independent(torch.distributions.Normal(z, 1e-12), 1)
+
+
+def test_unimodal_mcc_scores_each_experts_sample():
+    # q(z | x) knows z, q(z | u) only a noisy copy: mcc_from_x ≈ 1, mcc_from_u ≈ ρ = 1/√2 (Gaussian pair)
+    g = torch.Generator().manual_seed(2)
+    n = 20_000
+    data = ivae_bimodal(num_samples=n, seed=0)
+    z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    data.train.full.labels["z"] = z
+    noisy = z + torch.randn(n, 2, generator=g, dtype=torch.float64)
+    guide = _ExpertLatents({None: z.float(), ("x",): z.float(), ("u",): noisy.float()})
+    out = mcc_metrics(guide, data.train, 5000, method="rdc", unimodal=("x", "u"))
+    assert out["mcc"] > 0.99 and out["mcc_from_x"] > 0.99
+    assert out["mcc_from_u"] == pytest.approx(1 / math.sqrt(2), abs=4 * 0.5 / math.sqrt(n / 2) + 0.01)
 
 
 # ---------------------------------------------------------------------------------------------- PoE means
@@ -311,7 +360,7 @@ def test_stale_results_are_evaluated_again_without_training(tmp_path):
     first = run_configuration(3, "main", PAPER_MEAN_POE, "masked", 1, settings, options, tmp_path)
     assert first["evaluation"] == EVALUATION_VERSION and not first["cached"]
     m = first["metrics"]
-    assert m["true_gap"] == pytest.approx(m["true_llh"] - m["llh"]) and set(m) >= {"mcc", "mcc_all_pairs", "mcc_strong"}
+    assert m["true_gap"] == pytest.approx(m["true_llh"] - m["llh"]) and set(m) >= {"mcc", "mcc_pearson", "mcc_all_pairs", "mcc_strong"}
     assert first["key"]["poe_mean"] == "paper" and first["key"]["generator"] == "authors"
     file = run_folder(tmp_path, 3, "main", PAPER_MEAN_POE, "masked", 1, "authors") / "result.json"
     # a result stored before the new metrics and key fields: same key up to the defaults, older metrics

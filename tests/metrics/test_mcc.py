@@ -15,6 +15,7 @@ from pyro_mmvae.metrics.mcc import (
     mcc,
     mean_corr_coef,
     mean_corr_coef_out_of_sample,
+    randomized_dependence,
 )
 
 N = 20_000
@@ -95,6 +96,38 @@ def test_correlation_helpers():
     assert np.isfinite(correlation_matrix(x, const)).all()
 
 
+def test_randomized_dependence_against_known_dependences():
+    rng = np.random.default_rng(3)
+    n = 20_000
+    x, e = rng.standard_normal((2, n))
+    # a Gaussian pair: the maximal correlation is |ρ|, reached by the identity maps (4 standard errors)
+    rho = 0.8
+    assert randomized_dependence(x, rho * x + 0.6 * e) == pytest.approx(rho, abs=4 * (1 - rho**2) / math.sqrt(n))
+    # deterministic but non-monotone: Pearson sees (almost) nothing, RDC sees the full dependence
+    for y in (x**2, np.sin(3 * x)):
+        assert abs(np.corrcoef(x, y)[0, 1]) < 0.1 and randomized_dependence(x, y) > 0.95
+    # independent: only the finite-sample bias of the largest canonical correlation of 2 × 20 features
+    assert randomized_dependence(x[:5000], e[:5000]) < 0.1
+    # a function of the ranks alone: unchanged by monotone maps of either variable (same random features)
+    assert randomized_dependence(np.exp(x), (x + e) ** 3, rng=5) == randomized_dependence(x, x + e, rng=5)
+    g = np.random.default_rng(7)
+    assert randomized_dependence(x, e, rng=g) != randomized_dependence(x, e, rng=g)  # the generator advances
+    assert randomized_dependence(x, np.ones(n)) == 0.0
+    with pytest.raises(ValueError, match="num_features"):
+        randomized_dependence(x, e, num_features=0)
+    with pytest.raises(ValueError, match="disagree"):
+        randomized_dependence(x, e[:10])
+
+
+def test_rdc_mcc_scores_a_nonlinear_but_invertible_latent_as_identified():
+    # ẑ = z³: identified up to a monotone map; Pearson gives 3/√15, RDC (the published weak score) ≈ 1
+    z = np.random.default_rng(4).standard_normal((20_000, 1))
+    pearson, rdc = mcc(z, z**3), mcc(z, z**3, method="rdc", rng=0)
+    assert pearson.weak_out == pytest.approx(3 / math.sqrt(15), abs=0.03)
+    assert rdc.weak_out > 0.99 and rdc.weak_in > 0.99 and rdc.strong_out > 0.99
+    assert mcc(z, z**3, method="rdc", rng=0) == rdc  # seeded: reproducible
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="disagree"):
         mcc(np.zeros((10, 2)), np.zeros((12, 2)))
@@ -102,6 +135,8 @@ def test_bad_input_raises():
         mcc(np.full((10, 2), np.nan), np.zeros((10, 2)))
     with pytest.raises(ValueError, match="method"):
         correlation_matrix(np.zeros((4, 1)), np.zeros((4, 1)), method="kendall")
+    with pytest.raises(ValueError, match="method"):
+        mcc(np.zeros((10, 2)), np.ones((10, 2)), method="kendall")
 
 
 def test_latent_mcc_encodes_a_dataset():

@@ -12,7 +12,7 @@ from ...metrics.mcc import encode_dataset_with_private, mcc
 from ...metrics.probe import encode_dataset
 from ...metrics.rates import dataset_rates_and_distortions
 from ...utils import set_seed
-from .settings import EVAL_SEED_OFFSET, LATENT_DIM, MCC_COMPONENTS, TRUE_LLH_TABLES, Row, TableSettings
+from .settings import EVAL_SEED_OFFSET, LATENT_DIM, MCC_COMPONENTS, MCC_METHOD, TRUE_LLH_TABLES, Row, TableSettings
 from .truth import true_log_likelihood
 
 # Failures of a metric that are recorded (as NaN plus the message) instead of stopping the run.
@@ -53,9 +53,9 @@ def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, 
     sample, S from the training mask law); Table 2 the MCC. Tables 3-4: the importance-sampled LLH (sum,
     10³ nats; training set for Table 3, test set for 4) and the MCC on the same set; Table 3 adds
     ``true_gap`` = true-model LLH − LLH (10³ nats). Tables 1-3 also hold the seed's ``true_llh``
-    (:func:`data_metrics`). MCC: ``mcc`` from the first canonical pair (``MCC_COMPONENTS``, the
-    published scripts' choice), ``mcc_all_pairs`` from all of them and ``mcc_strong`` without CCA, all
-    from the same sample ẑ ~ q(z | x_M).
+    (:func:`data_metrics`). MCC (:func:`mcc_metrics`): ``mcc`` from the first canonical pair
+    (``MCC_COMPONENTS``) scored as the published scripts (``MCC_METHOD``: the randomized dependence
+    coefficient for Tables 3-4), and its variants, all from the same sample ẑ ~ q(z | x_M).
     """
     set_seed(seed + EVAL_SEED_OFFSET)
     model.eval()
@@ -87,7 +87,7 @@ def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, 
             out[k] = _num(None if rates is None else rates[k])
     if table == 2:
         # with private latents: one sample of (z′, z̃_1, …, z̃_M) ~ q(· | x_M) against the true 30-d latent
-        out.update(mcc_metrics(guide, train, settings.eval_batch, row.private, attempt))
+        out.update(mcc_metrics(guide, train, settings.eval_batch, row.private, attempt, MCC_METHOD[2], seed))
     if table in (3, 4):
         ds = train if table == 3 else data.test
         ll = attempt(
@@ -99,29 +99,61 @@ def evaluate(table: int, row: Row, model, guide, data, settings: TableSettings, 
         out["llh"] = _num(None if ll is None else float(ll.double().sum()) / 1e3)
         if table == 3:
             out["true_gap"] = _num(out["true_llh"] - out["llh"])
-        out.update(mcc_metrics(guide, ds, settings.eval_batch, False, attempt))
+        unimodal = tuple(ds.names) if table == 3 else ()
+        out.update(mcc_metrics(guide, ds, settings.eval_batch, False, attempt, MCC_METHOD[table], seed, unimodal))
     return {"metrics": out, "errors": errors}
 
 
-def mcc_metrics(guide, dataset, batch_size: int = 500, private: bool = False, attempt=None) -> dict[str, float]:
-    """``mcc`` (``MCC_COMPONENTS`` = 1 canonical pair), ``mcc_all_pairs`` and ``mcc_strong`` of ONE sample
-    ẑ ~ q(z | x_M) per row against ``dataset.full.labels["z"]`` (weak_out and strong_out scores of
-    :func:`~pyro_mmvae.metrics.mcc.mcc`). ``attempt(name, fn)`` may catch a failure (NaN scores then)."""
+def mcc_metrics(
+    guide,
+    dataset,
+    batch_size: int = 500,
+    private: bool = False,
+    attempt=None,
+    method: str = "pearson",
+    seed: int = 0,
+    unimodal: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """MCC scores of ONE sample ẑ ~ q(z | x_M) per row against ``dataset.full.labels["z"]``.
+
+    From :func:`~pyro_mmvae.metrics.mcc.mcc`: ``mcc`` is the weak_out score of the first canonical pair
+    (``MCC_COMPONENTS``) with the pair's dependence scored by ``method`` (the published Table 3-4
+    scripts: ``"rdc"``, its random features seeded by ``seed``), ``mcc_in`` the same on the half that
+    fitted the CCA (weak_in); with ``method="rdc"`` also ``mcc_pearson``, the first pair's Pearson score;
+    ``mcc_all_pairs``: weak_out of every canonical pair and ``mcc_strong``: strong_out, both Pearson (the
+    published strong_out is Pearson). For each modality name in ``unimodal``, ``mcc_from_<name>``: the
+    ``mcc`` score of one ẑ ~ q(z | x_name) (how much each modality alone identifies z; a mixture-of-experts
+    posterior's sample comes from one of these experts). ``attempt(name, fn)`` may catch a failure (NaN
+    scores then).
+    """
     attempt = attempt or (lambda name, fn: fn())
 
     def scores():
         encode = encode_dataset_with_private if private else encode_dataset
         z_hat = encode(guide, dataset, None, batch_size, True)
         z_true = dataset.full.labels["z"]
-        return mcc(z_true, z_hat, MCC_COMPONENTS), mcc(z_true, z_hat, None)
+        one = mcc(z_true, z_hat, MCC_COMPONENTS)
+        scored = one if method == "pearson" else mcc(z_true, z_hat, MCC_COMPONENTS, method, seed + EVAL_SEED_OFFSET)
+        return scored, one, mcc(z_true, z_hat, None)
 
     res = attempt("mcc", scores)
-    one, every = (None, None) if res is None else res
-    return {
-        "mcc": _num(None if one is None else one.weak_out),
-        "mcc_all_pairs": _num(None if every is None else every.weak_out),
-        "mcc_strong": _num(None if one is None else one.strong_out),
+    scored, one, every = (None, None, None) if res is None else res
+    out = {
+        "mcc": _num(None if scored is None else scored.weak_out),
+        "mcc_in": _num(None if scored is None else scored.weak_in),
     }
+    if method != "pearson":
+        out["mcc_pearson"] = _num(None if one is None else one.weak_out)
+    out["mcc_all_pairs"] = _num(None if every is None else every.weak_out)
+    out["mcc_strong"] = _num(None if one is None else one.strong_out)
+    for name in unimodal:
+
+        def score(name=name):
+            z_hat = encode_dataset(guide, dataset, [name], batch_size, True)
+            return mcc(dataset.full.labels["z"], z_hat, MCC_COMPONENTS, method, seed + EVAL_SEED_OFFSET).weak_out
+
+        out[f"mcc_from_{name}"] = _num(attempt(f"mcc_from_{name}", score))
+    return out
 
 
 def _num(x) -> float:
