@@ -1,4 +1,4 @@
-"""Fidelity of an offline-built PolyMNIST: accuracy of the shipped pretrained classifiers on its test split.
+r"""Fidelity of an offline-built PolyMNIST: accuracy of the shipped pretrained classifiers on its test split.
 
 The MoPoE authors' classifiers reach 0.94-0.99 per modality on the published PolyMNIST; a builder that
 follows the published generator must give a test set on which they do as well (the issue's bar: >= 0.93

@@ -1,4 +1,4 @@
-"""Reproduce Tables 1-4 of "Learning multi-modal generative models with permutation-invariant encoders and
+r"""Reproduce Tables 1-4 of "Learning multi-modal generative models with permutation-invariant encoders and
 tighter variational objectives" (masked bound vs mixture bound).
 
 The experiment itself (data, models, training, metrics, claims, report) is library code in

@@ -1,4 +1,4 @@
-"""Subset-posterior sampling: BatchedHMC vs stock Pyro NUTS (and vmapped BlackJAX NUTS on Gaussian experts).
+r"""Subset-posterior sampling: BatchedHMC vs stock Pyro NUTS (and vmapped BlackJAX NUTS on Gaussian experts).
 
 The target: N data points, each with |S| = 3 experts q_j(z | x_j) that are masked autoregressive
 flows (fixed random weights, conditioned on a random per-point context) pushed from a Gaussian whose

@@ -27,29 +27,40 @@ from .modality import Modality
 
 Subset = None | Iterable[str] | Mapping[str, torch.Tensor]
 
-# Set while a training step is traced into a graph (fit(compile=True)): the tensors have no values, and
-# the tracer only traces batches that observe every modality in some row.
-_TRACING_STEP: ContextVar[bool] = ContextVar("tracing_step", default=False)
+# Set while a training step is traced into a graph (fit(compile=True)): the tensors have no values. It
+# holds the batches the tracer declared (trace_batch), which observe every modality in some row: the
+# tracer only traces such batches.
+_TRACED_BATCHES: ContextVar[list | None] = ContextVar("traced_batches", default=None)
 
 
 @contextmanager
 def tracing_step() -> Iterator[None]:
     """Inside the block, code runs on tensors without values (a training step being traced).
 
-    :meth:`MultimodalBatch.observed_names` then answers that every modality is observed in some row
-    (the tracer guarantees it), and :func:`is_tracing_step` tells code whose shapes would depend on
-    values (e.g. selecting a modality's present rows) to compute on every row and mask instead.
+    :func:`is_tracing_step` tells code whose shapes would depend on values (e.g. selecting a modality's
+    present rows) to compute on every row and mask instead. For a batch declared by :func:`trace_batch`,
+    :meth:`MultimodalBatch.observed_names` answers without reading values; for any other batch it reads
+    them, which a trace cannot do (the step is then not compiled).
     """
-    token = _TRACING_STEP.set(True)
+    token = _TRACED_BATCHES.set([])
     try:
         yield
     finally:
-        _TRACING_STEP.reset(token)
+        _TRACED_BATCHES.reset(token)
 
 
 def is_tracing_step() -> bool:
     """Whether the code runs inside :func:`tracing_step`."""
-    return _TRACING_STEP.get()
+    return _TRACED_BATCHES.get() is not None
+
+
+def trace_batch(batch: MultimodalBatch) -> MultimodalBatch:
+    """Declare, inside :func:`tracing_step`, that ``batch`` observes every modality it holds in some row."""
+    traced = _TRACED_BATCHES.get()
+    if traced is None:
+        raise RuntimeError("trace_batch is only meaningful inside tracing_step()")
+    traced.append(batch)
+    return batch
 
 
 @dataclass
@@ -139,7 +150,7 @@ class MultimodalBatch:
     def observed_names(self, names: Iterable[str]) -> list[str]:
         """The modalities of ``names`` that the batch holds and observes in at least one row, in that order."""
         held = [n for n in names if n in self.data]
-        if _TRACING_STEP.get():
+        if any(self is b for b in _TRACED_BATCHES.get() or ()):
             return held
         return [n for n in held if bool(self.present[n].any())]
 

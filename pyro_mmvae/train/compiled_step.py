@@ -50,7 +50,7 @@ from torch.func import functional_call, grad_and_value
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_leaves
 
-from ..data.batch import MultimodalBatch, tracing_step
+from ..data.batch import MultimodalBatch, is_tracing_step, trace_batch, tracing_step
 from ..data.validation import declared_modalities, mark_validated, validate_batch
 from ..errors import PyroMMVAEError
 from .parameters import ModelGuidePair
@@ -171,6 +171,8 @@ class CompiledGradients:
             for (group, name), t in zip(layout, tensors):
                 groups[group][name] = t
             batch = mark_validated(MultimodalBatch(**groups), modalities)  # validated by the caller
+            if is_tracing_step():  # the step is only traced on batches observing every modality in some row
+                trace_batch(batch)
             return functional_call(pair, (trained, others), (batch, loss_kwargs), tie_weights=True)
 
         def flat(*xs):

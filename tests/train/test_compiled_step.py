@@ -192,6 +192,21 @@ def test_a_guide_reading_tensor_values_in_python_trains_eagerly_with_a_warning()
         compiled(rows(linear_data(), 64), {"beta": 1.0})
 
 
+def test_only_the_traced_batch_is_known_to_observe_every_modality():
+    # a batch derived inside the step may observe a modality in no row: its observed_names must read values
+    class Derived(SumPoolingGuide):
+        def posterior(self, batch, subset=None):
+            # ["b"] in every eager step; a graph that took ["a", "b"] would encode another subset
+            names = batch.with_missing(["a"]).observed_names(self.names)
+            return super().posterior(batch, names if subset is None else subset)
+
+    def build():
+        torch.manual_seed(0)
+        return linear_pair(0)[0], Derived(LINEAR, 2, hidden=(8,), width=16, pooled_dim=16)
+
+    fit_both(build, linear_data(), "could not trace", batch_size=64)
+
+
 def test_a_function_model_trains_eagerly_rather_than_frozen():
     def build():
         pyro.clear_param_store()
