@@ -15,6 +15,7 @@ from pyro_mmvae.experiments.pi_tables import (
     LAYOUT,
     METRICS,
     OBJECTIVES,
+    PAPER_MEAN_POE,
     PUBLISHED,
     Row,
     build_model,
@@ -93,6 +94,18 @@ def test_diverged_values_count_as_worst():
     claims = check_claims(3, sections)["main"]["masked_ge_mixture_llh"]
     assert claims["PoE"] is False and claims["MoE"] is True and claims["all"] is False
     assert claims["SumPooling"] is None  # not run yet: undecided, not failed
+
+
+def test_learned_vs_fixed_is_also_checked_against_the_published_codes_poe():
+    def cell(masked, mixture):
+        return {"masked": {"llh": {"mean": masked}}, "mixture": {"llh": {"mean": mixture}}}
+
+    rows = {"PoE": cell(-15.0, -40.0), "MoE": cell(-18.0, -44.0), "SumPooling": cell(-16.0, -20.0),
+            "SelfAttention": cell(-16.5, -20.5)}  # fmt: skip
+    claims = check_claims(3, {"main": {**rows, PAPER_MEAN_POE: cell(-26.0, -50.0)}})["main"]
+    assert claims["learned_ge_fixed_llh"] == {"masked": False, "mixture": True}  # the correct-mean PoE wins masked
+    assert claims["learned_ge_fixed_llh_paper_poe"] == {"masked": True, "mixture": True}
+    assert "learned_ge_fixed_llh_paper_poe" not in check_claims(3, {"main": rows})["main"]
 
 
 def test_pending_rows_leave_claims_undecided():
