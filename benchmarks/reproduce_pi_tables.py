@@ -48,6 +48,7 @@ import torch
 
 from pyro_mmvae.experiments.pi_tables import (
     AUTHORS_TABLES,
+    CLIP_ON,
     FULL_COND_DRAWS,
     GENERATORS,
     LAYOUT,
@@ -156,6 +157,14 @@ def parse_args(argv=None):
         help=f"Table 4, library generator: probability of keeping each view beyond the one every row keeps "
         f"(default {VIEW_KEEP_PROB:g} as the published code; 'exact' for the library's 1/3)",
     )
+    p.add_argument(
+        "--clip-on",
+        default="mean",
+        choices=CLIP_ON,
+        help="what the element-wise gradient clip ±clip applies to: the gradient of the batch-mean loss (default, "
+        "the library's) or of the batch-summed loss, as the published code (clips at ±clip / B; its runs get "
+        "their own folders, clipsum-seed<s>)",
+    )
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda:0, ...")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--workers", type=int, default=1, help="configurations trained in parallel processes (default 1)")
@@ -252,6 +261,7 @@ def main(argv=None) -> dict:
         cond_draws=args.cond_draws,
         generator=args.generator,
         view_keep_prob=args.view_keep_prob,
+        clip_on=args.clip_on,
         device=args.device,
         threads=args.threads,
         workers=args.workers,

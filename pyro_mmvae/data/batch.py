@@ -40,9 +40,10 @@ def tracing_step() -> Iterator[None]:
     :func:`is_tracing_step` tells code whose shapes would depend on values (e.g. selecting a modality's
     present rows) to compute on every row and mask instead. For a batch declared by :func:`trace_batch`,
     :meth:`MultimodalBatch.observed_names` answers without reading values; for any other batch it reads
-    them, which a trace cannot do (the step is then not compiled).
+    them, which a trace cannot do (the step is then not compiled). A nested block still knows the
+    batches declared outside it; those it declares are forgotten when it ends.
     """
-    token = _TRACED_BATCHES.set([])
+    token = _TRACED_BATCHES.set(list(_TRACED_BATCHES.get() or ()))
     try:
         yield
     finally:

@@ -19,8 +19,10 @@ canonical pairs (Khemakhem et al.); the paper's published scripts use ``n_compon
 The dependence between two coordinates is Pearson's correlation (default), Spearman's, or the
 randomized dependence coefficient (``method="rdc"``, :func:`randomized_dependence`), which the
 published scripts of the permutation-invariant paper use for ``weak_in``, ``weak_out`` and
-``strong_in`` (their ``strong_out`` is Pearson). RDC measures any, also non-monotone, dependence
-and is ≥ |Pearson| up to its Monte Carlo noise; for a Gaussian pair both estimate |ρ|.
+``strong_in`` (their ``strong_out`` is Pearson). RDC measures any, also non-monotone, dependence: it
+exceeds |Pearson| for a non-linear relation (sin(3x): 0.99), is close to |ρ| for a Gaussian pair, ignores
+a few aligned outliers that Pearson follows, and is biased upward for small N (independent pairs score
+0.50 at N = 100, 0.11 at N = 2000, 0.07 at N = 5000).
 
 Sanity check (dense linear model of Table 2, exact posterior): a posterior SAMPLE gives ≈ 5/6,
 the posterior MEAN ≈ √(5/6).
@@ -45,8 +47,9 @@ from ..data.dataset import iterate_batches
 from .probe import encode_dataset
 
 METHODS = ("pearson", "spearman", "rdc")
-# Randomized dependence coefficient: random sine features of each copula, the constants of the
-# published scripts (20 features, weights ~ N(0, 0.5²)) and of Lopez-Paz et al.'s recommended range.
+# Randomized dependence coefficient: random sine features of each copula with the published scripts'
+# constants (20 features, w and b ~ N(0, 0.5²)); Lopez-Paz et al. draw w with the smaller scale 1/6
+# per input dimension, which scores non-linear relations a little lower (sin(3x): 0.96 instead of 0.99).
 RDC_FEATURES = 20
 RDC_SCALE = 0.5
 
@@ -65,20 +68,45 @@ def _generator(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def _column_basis(a: np.ndarray) -> np.ndarray:
-    """An orthonormal basis ``(N, r)`` of the span of the centred columns of ``a (N, k)`` (r = numerical rank)."""
-    # rank tolerance relative to the UNcentred columns: centring a constant column leaves rounding noise
+def _feature_basis(a: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``(N, r)`` of the span of the centred columns of ``a (N, k)``, for columns of one scale.
+
+    The rank tolerance is relative to the largest UNcentred entry (centring a constant column leaves
+    rounding noise): right for RDC's sine features, all in [−1, 1], not for columns of unlike scales.
+    """
     tol = np.abs(a).max(initial=0.0) * np.sqrt(a.shape[0]) * max(a.shape) * np.finfo(a.dtype).eps
     u, s, _ = np.linalg.svd(a - a.mean(0), full_matrices=False)
     return u[:, s > tol] if tol > 0 else u[:, :0]
 
 
-def largest_canonical_correlation(x, y) -> float:
-    """The first canonical correlation of ``x (N, Dx)`` and ``y (N, Dy)`` (0 when either is constant)."""
-    qx, qy = _column_basis(_as_2d(x, "x")), _column_basis(_as_2d(y, "y"))
+def _column_basis(a: np.ndarray) -> np.ndarray:
+    """:func:`_feature_basis` of the standardised non-constant columns of ``a (N, k)``: invariant to column scales."""
+    eps = np.finfo(a.dtype).eps
+    centred = a - a.mean(0)
+    # a column is constant when its spread is rounding noise of its magnitude (offsets do not count)
+    varying = np.ptp(a, axis=0) > 64 * eps * np.abs(a).max(axis=0, initial=0.0)
+    centred = centred[:, varying]
+    return _feature_basis(centred / np.linalg.norm(centred, axis=0)) if centred.shape[1] else centred
+
+
+def _first_canonical_correlation(qx: np.ndarray, qy: np.ndarray) -> float:
     if qx.shape[1] == 0 or qy.shape[1] == 0:
         return 0.0
     return float(min(np.linalg.svd(qx.T @ qy, compute_uv=False)[0], 1.0))
+
+
+def largest_canonical_correlation(x, y) -> float:
+    """The first canonical correlation of ``x (N, Dx)`` and ``y (N, Dy)`` (0 when either is constant).
+
+    Invariant to the scale and offset of each column; columns that are linear combinations of others
+    add nothing (the correlation is that of the spans).
+    """
+    x, y = _as_2d(x, "x"), _as_2d(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y disagree on N: {x.shape[0]} vs {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise ValueError(f"a canonical correlation needs at least 2 rows, got {x.shape[0]}")
+    return _first_canonical_correlation(_column_basis(x), _column_basis(y))
 
 
 def _copula_features(v: np.ndarray, num_features: int, scale: float, rng: np.random.Generator) -> np.ndarray:
@@ -96,19 +124,34 @@ def randomized_dependence(
 
     Each variable is mapped through its empirical copula and ``num_features`` random sine features; the
     score is the largest canonical correlation between the two feature sets. It is 0 only (up to noise)
-    for independent variables, 1 for a deterministic, even non-monotone, relation. ``rng``: a numpy
-    Generator or a seed (the features are random; a fixed seed makes the score reproducible).
+    for independent variables, 1 for a deterministic, even non-monotone, relation. The noise floor
+    falls with N: independent pairs score about 0.50 at N = 100, 0.22 at 500, 0.11 at 2000, 0.07 at
+    5000 (20 features), so compare scores at equal N. ``rng``: a numpy Generator or a seed (the features
+    are random; a fixed seed makes the score reproducible). ``x`` and ``y`` may also be ``(N, 1)``.
     """
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    x, y = _as_vector(x, "x"), _as_vector(y, "y")
     if x.shape != y.shape:
         raise ValueError(f"x and y disagree on N: {x.shape[0]} vs {y.shape[0]}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("x or y has NaN/inf entries")
+    if x.shape[0] < 2:
+        raise ValueError(f"the randomized dependence coefficient needs at least 2 rows, got {x.shape[0]}")
     if num_features < 1:
         raise ValueError(f"num_features must be >= 1, got {num_features}")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale}")
     rng = _generator(rng)
     k = min(num_features, x.shape[0])
-    return largest_canonical_correlation(_copula_features(x, k, scale, rng), _copula_features(y, k, scale, rng))
+    fx, fy = _copula_features(x, k, scale, rng), _copula_features(y, k, scale, rng)
+    return _first_canonical_correlation(_feature_basis(fx), _feature_basis(fy))
+
+
+def _as_vector(a, name: str) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    a = a.astype(np.float64)
+    if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+        raise ValueError(f"{name} must be one variable, shape (N,) or (N, 1), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has NaN/inf entries")
+    return a.reshape(-1)
 
 
 def correlation_matrix(x, y, method: str = "pearson", rng: np.random.Generator | int | None = 0) -> np.ndarray:

@@ -103,3 +103,26 @@ def test_dataset_batches_and_zeroes_missing_rows():
     loaded = next(iter(ds.loader(3)))
     assert isinstance(loaded, MultimodalBatch) and loaded.batch_size == 3
     assert collate([ds[0], ds[1]]).batch_size == 2
+
+
+def test_only_declared_batches_answer_observed_names_without_values_while_tracing():
+    from pyro_mmvae.data.batch import is_tracing_step, trace_batch, tracing_step
+
+    none_of_a = {"a": torch.zeros(6, dtype=torch.bool)}
+    outer, inner = small_batch(present=none_of_a), small_batch(seed=1, present=none_of_a)
+    names = ["a", "b", "c"]
+    assert outer.observed_names(names) == ["b", "c"] and not is_tracing_step()
+    with pytest.raises(RuntimeError, match="tracing_step"):
+        trace_batch(outer)
+    with tracing_step():
+        trace_batch(outer)
+        assert outer.observed_names(names) == names and inner.observed_names(names) == ["b", "c"]
+        with tracing_step():  # a nested block still knows the outer declaration
+            trace_batch(inner)
+            assert outer.observed_names(names) == names and inner.observed_names(names) == names
+        assert inner.observed_names(names) == ["b", "c"]  # forgotten with its block
+    assert outer.observed_names(names) == ["b", "c"] and not is_tracing_step()
+    with pytest.raises(ValueError), tracing_step():  # reset on errors too
+        trace_batch(outer)
+        raise ValueError
+    assert not is_tracing_step() and outer.observed_names(names) == ["b", "c"]

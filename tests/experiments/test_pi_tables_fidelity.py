@@ -15,6 +15,7 @@ from pyro_mmvae.data.synthetic import bimodal_linear, ivae_bimodal, multimodal_l
 from pyro_mmvae.distributions.experts import product_of_experts
 from pyro_mmvae.experiments.pi_tables import (
     EVALUATION_VERSION,
+    FULL,
     LAYOUT,
     MCC_METHOD,
     PAPER_MEAN_POE,
@@ -28,6 +29,7 @@ from pyro_mmvae.experiments.pi_tables import (
     data_metrics,
     data_tag,
     find_row,
+    gradient_clip_value,
     ivae_bimodal_log_likelihood,
     make_data,
     make_plan,
@@ -360,7 +362,12 @@ def test_stale_results_are_evaluated_again_without_training(tmp_path):
     first = run_configuration(3, "main", PAPER_MEAN_POE, "masked", 1, settings, options, tmp_path)
     assert first["evaluation"] == EVALUATION_VERSION and not first["cached"]
     m = first["metrics"]
-    assert m["true_gap"] == pytest.approx(m["true_llh"] - m["llh"]) and set(m) >= {"mcc", "mcc_pearson", "mcc_all_pairs", "mcc_strong"}
+    assert m["true_gap"] == pytest.approx(m["true_llh"] - m["llh"]) and set(m) >= {
+        "mcc",
+        "mcc_pearson",
+        "mcc_all_pairs",
+        "mcc_strong",
+    }
     assert first["key"]["poe_mean"] == "paper" and first["key"]["generator"] == "authors"
     file = run_folder(tmp_path, 3, "main", PAPER_MEAN_POE, "masked", 1, "authors") / "result.json"
     # a result stored before the new metrics and key fields: same key up to the defaults, older metrics
@@ -384,6 +391,34 @@ def test_stale_results_are_evaluated_again_without_training(tmp_path):
     assert lib["metrics"]["true_llh"] != first["metrics"]["true_llh"]
 
 
+def test_clipping_as_the_published_code_clips_the_summed_loss_gradient(tmp_path, monkeypatch):
+    # the published code clips the gradient of Σ_b loss_b; fit's loss is the mean, whose gradient is 1/B of it
+    assert gradient_clip_value(FULL[1]) == 100.0 and gradient_clip_value(FULL[1], "sum") == pytest.approx(0.2)
+    assert gradient_clip_value(FULL[3], "sum") == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="clip_on"):
+        gradient_clip_value(FULL[3], "max")
+    settings = table_settings(1, quick=True, epochs=2, num_train=200)
+    import pyro_mmvae.experiments.pi_tables.runner as runner
+
+    seen = []
+    fit = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda *a, **kw: seen.append(kw["grad_clip_value"]) or fit(*a, **kw))
+    mean = run_configuration(1, "main", "MoE", "masked", 0, settings, RunOptions(), tmp_path)
+    summed = run_configuration(1, "main", "MoE", "masked", 0, settings, RunOptions(clip_on="sum"), tmp_path)
+    assert seen == [100.0, pytest.approx(0.2)]
+    assert summed["key"]["clip_on"] == "sum" and mean["key"]["clip_on"] == "mean"
+    assert summed["final_train_loss"] != mean["final_train_loss"]  # the clip binds: another optimizer path
+    assert (run_folder(tmp_path, 1, "main", "MoE", "masked", 0, "clipsum") / "result.json").exists()
+    # results stored before the option existed count as clip_on="mean"
+    file = run_folder(tmp_path, 1, "main", "MoE", "masked", 0) / "result.json"
+    stored = json.loads(file.read_text())
+    stored["key"].pop("clip_on")
+    file.write_text(json.dumps(stored))
+    assert run_configuration(1, "main", "MoE", "masked", 0, settings, RunOptions(), tmp_path)["cached"]
+    with pytest.raises(ValueError, match="clip_on"):
+        run_configuration(1, "main", "MoE", "masked", 0, settings, RunOptions(clip_on="max"), tmp_path)
+
+
 @pytest.fixture(scope="module")
 def script():
     with benchmark_script("reproduce_pi_tables") as module:
@@ -397,6 +432,7 @@ def test_command_with_the_authors_generator(script, tmp_path):
     with pytest.raises(SystemExit):
         script.parse_args(["--tables", "1,3", "--generator", "authors"])
     assert script.parse_args(["--view-keep-prob", "exact"]).view_keep_prob is None
+    assert script.parse_args([]).clip_on == "mean" and script.parse_args(["--clip-on", "sum"]).clip_on == "sum"
     quick = script.parse_args(["--quick", "--tables", "3,4", "--generator", "authors"])
     assert quick.name == "quick_authors" and quick.cond_draws == 10_000  # the published datasets' 10⁴ draws
     assert script.settings_of(quick)[4].seeds == (1,)

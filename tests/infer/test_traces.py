@@ -41,11 +41,15 @@ def function_guide(batch, subset=None, beta=1.0):
 
 def cases():
     torch.manual_seed(0)
-    yield "mixture", MultimodalVAE(MODS, 2, hidden=(8,), prior="gmm", num_components=3), SumPoolingMixtureGuide(
-        MODS, 2, num_components=3, feature_dim=6, **POOL
+    yield (
+        "mixture",
+        MultimodalVAE(MODS, 2, hidden=(8,), prior="gmm", num_components=3),
+        SumPoolingMixtureGuide(MODS, 2, num_components=3, feature_dim=6, **POOL),
     )
-    yield "private", PrivateLatentVAE(MODS, 2, 2, hidden=(8,)), EquivariantSelfAttentionGuide(
-        MODS, 2, 2, feature_dim=8, **ATTN
+    yield (
+        "private",
+        PrivateLatentVAE(MODS, 2, 2, hidden=(8,)),
+        EquivariantSelfAttentionGuide(MODS, 2, 2, feature_dim=8, **ATTN),
     )
     yield "function", MultimodalVAE(MODS, 2, hidden=(8,)), function_guide
 

@@ -11,6 +11,7 @@ from pyro_mmvae.metrics.mcc import (
     correlation_matrix,
     encode_dataset_with_private,
     fit_cca,
+    largest_canonical_correlation,
     latent_mcc,
     mcc,
     mean_corr_coef,
@@ -117,6 +118,34 @@ def test_randomized_dependence_against_known_dependences():
         randomized_dependence(x, e, num_features=0)
     with pytest.raises(ValueError, match="disagree"):
         randomized_dependence(x, e[:10])
+    assert randomized_dependence(x[:, None], e[:, None], rng=1) == randomized_dependence(x, e, rng=1)  # (N, 1)
+    with pytest.raises(ValueError, match=r"one variable.*\(100, 2\)"):  # not silently flattened
+        randomized_dependence(np.zeros((100, 2)), np.zeros(200))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        randomized_dependence([], [])
+    for scale in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="scale"):
+            randomized_dependence(x, e, scale=scale)
+
+
+def test_largest_canonical_correlation_is_that_of_the_spans():
+    rng = np.random.default_rng(8)
+    n = 20_000
+    a0, a1, a2, e = rng.standard_normal((4, n))
+    # y = a1 + 0.5 e: its canonical correlation with any x spanning a1 is 1/sqrt(1.25), whatever the
+    # columns' scales and offsets (a basis cut relative to the largest column would drop the tiny a1)
+    y = (a1 + 0.5 * e)[:, None]
+    expected = 1 / math.sqrt(1.25)
+    tol = 4 * (1 - expected**2) / math.sqrt(n)
+    for x in (np.c_[a0, a1], np.c_[1e8 * a0, 1e-8 * a1], np.c_[a0 + 1e6, 1e-3 * a1 - 7.0], np.c_[a1, 2 * a1, a0]):
+        assert largest_canonical_correlation(x, y) == pytest.approx(expected, abs=tol)
+    # two blocks: the first canonical pair is the best linear combination (a1 + a2 vs its noisy copy)
+    x2, y2 = np.c_[a1, a2], np.c_[a1 + a2 + e, a0]
+    assert largest_canonical_correlation(x2, y2) == pytest.approx(math.sqrt(2 / 3), abs=4 / math.sqrt(n))
+    assert largest_canonical_correlation(np.c_[np.full(n, 3.0), np.zeros(n)], y) == 0.0  # constant columns
+    assert largest_canonical_correlation(x2, np.c_[a0]) < 4 / math.sqrt(n)  # independent
+    with pytest.raises(ValueError, match="disagree"):
+        largest_canonical_correlation(x2, y[:10])
 
 
 def test_rdc_mcc_scores_a_nonlinear_but_invertible_latent_as_identified():

@@ -110,9 +110,12 @@ def check_claims(table: int, sections: dict) -> dict:
         c: dict = {}
         c["masked_ge_mixture_llh"] = _masked_ge_mixture(table, rows)
         c.update(_learned_ge_fixed(table, rows))
-        if PAPER_MEAN_POE in present and "PoE" in rows:
+        paper_row = PAPER_MEAN_POE in present or (
+            layout is not None and any(r.label == PAPER_MEAN_POE for r in layout.rows)
+        )
+        if paper_row and "PoE" in rows:  # undecided (None) while the paper-mean row has not run
             # the same claim against the PoE of the published code (Σ μ_s v_s / P), whose numbers the paper shows
-            paper = _learned_ge_fixed(table, {**rows, "PoE": present[PAPER_MEAN_POE] or {}})
+            paper = _learned_ge_fixed(table, {**rows, "PoE": present.get(PAPER_MEAN_POE) or {}})
             c.update({f"{k}_paper_poe": v for k, v in paper.items()})
         gmm = _gmm_mixture_best(table, rows)
         if gmm is not None:

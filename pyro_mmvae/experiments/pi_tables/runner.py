@@ -45,18 +45,23 @@ from .settings import (
 # (Pearson's score kept as mcc_pearson); weak_in kept as mcc_in. 4: Table 3's MCC from each modality alone.
 EVALUATION_VERSION = 4
 # Key fields added after results were first stored, with the value every older result was computed with.
-KEY_DEFAULTS = {"poe_mean": "correct", "generator": "library", "view_keep_prob": None}
+KEY_DEFAULTS = {"poe_mean": "correct", "generator": "library", "view_keep_prob": None, "clip_on": "mean"}
+# What the element-wise gradient clip ±clip applies to: "mean", the gradient of the loss averaged over the
+# batch (the library's loss); "sum", the gradient of the loss SUMMED over the batch, as the published code
+# (optax.clip on jnp.sum of the per-point losses), i.e. the library's gradient clipped at ±clip / B.
+CLIP_ON = ("mean", "sum")
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Options shared by every configuration of a run (``mask_sampler``, ``cond_draws``, ``generator`` and
-    ``view_keep_prob`` are part of a configuration's key; a PoE row's mean is part of the row)."""
+    """Options shared by every configuration of a run (``mask_sampler``, ``cond_draws``, ``generator``,
+    ``view_keep_prob`` and ``clip_on`` are part of a configuration's key; a PoE row's mean is part of the row)."""
 
     mask_sampler: str = "uniform"  # how the training masks S are drawn ("uniform": each modality kept w.p. ½)
     cond_draws: int = FULL_COND_DRAWS  # Table 4 mixing-matrix conditioning reference draws
     generator: str = "library"  # "library" (default_rng) or "authors" (the published scripts' datasets, Tables 3-4)
     view_keep_prob: float | None = VIEW_KEEP_PROB  # Table 4, library generator: extra-view keep probability
+    clip_on: str = "mean"  # see CLIP_ON: "sum" clips as the published code (±clip / B on the mean loss's gradient)
     device: str = "auto"
     threads: int = 1  # torch CPU threads per process
     workers: int = 1  # configurations trained in parallel processes
@@ -86,8 +91,9 @@ def run_folder(
 ) -> Path:
     """``<runs_dir>/table<t>/<section>/<row>/<objective>/seed<s>`` (names made file-system safe).
 
-    Data other than the library generator's default for the same seed get their own folder,
-    ``<tag>-seed<s>`` (``tag`` from :func:`data_tag`), so no run resumes a checkpoint trained on other data.
+    Data other than the library generator's default for the same seed, or training other than the
+    default, get their own folder, ``<tag>-seed<s>`` (``tag`` from :func:`data_tag`, plus ``clipsum`` for
+    ``clip_on="sum"``), so no run resumes a checkpoint trained on other data or with another optimizer.
     """
     leaf = f"seed{seed}" if not tag else f"{_slug(tag)}-seed{seed}"
     return Path(runs_dir) / f"table{table}" / _slug(section) / _slug(row) / objective / leaf
@@ -179,9 +185,11 @@ def configuration_key(
     """``(run folder, key)`` of a configuration: the key is what its ``result.json`` must hold to be reused."""
     if options.generator not in GENERATORS:
         raise ValueError(f"unknown generator {options.generator!r}; expected one of {GENERATORS}")
+    if options.clip_on not in CLIP_ON:
+        raise ValueError(f"unknown clip_on {options.clip_on!r}; expected one of {CLIP_ON}")
     # the keep probability shapes Table 4's partially observed data only (the authors' generator has its own)
     keep_prob = options.view_keep_prob if table == 4 and section.eta and options.generator == "library" else None
-    tag = data_tag(options.generator, keep_prob)
+    tag = "-".join(t for t in (data_tag(options.generator, keep_prob), _training_tag(options)) if t)
     run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed, tag)
     key = {
         "table": table,
@@ -195,8 +203,20 @@ def configuration_key(
         "cond_draws": options.cond_draws,
         "generator": options.generator,
         "view_keep_prob": keep_prob,
+        "clip_on": options.clip_on,
     }
     return run_dir, key
+
+
+def _training_tag(options: RunOptions) -> str:
+    return "clipsum" if options.clip_on == "sum" else ""
+
+
+def gradient_clip_value(settings: TableSettings, clip_on: str = "mean") -> float:
+    """The element-wise clip ``fit`` applies to the gradient of its batch-MEAN loss (see :data:`CLIP_ON`)."""
+    if clip_on not in CLIP_ON:
+        raise ValueError(f"unknown clip_on {clip_on!r}; expected one of {CLIP_ON}")
+    return settings.clip if clip_on == "mean" else settings.clip / settings.batch_size
 
 
 def stored_result(job: Job, options: RunOptions, runs_dir: str | Path) -> dict | None:
@@ -231,7 +251,7 @@ def _train(model, guide, data, objective, seed, settings: TableSettings, options
             epochs=settings.epochs,
             batch_size=settings.batch_size,
             lr=settings.lr,
-            grad_clip_value=settings.clip,
+            grad_clip_value=gradient_clip_value(settings, options.clip_on),
             zero_nan_grads=True,
             run_dir=run_dir,
             resume=True,
