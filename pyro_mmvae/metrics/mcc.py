@@ -54,14 +54,27 @@ RDC_FEATURES = 20
 RDC_SCALE = 0.5
 
 
-def _as_2d(a, name: str) -> np.ndarray:
+def _as_float64(a, name: str, shape_ok, expected: str) -> np.ndarray:
+    """``a`` (array or tensor) as float64, checked: ``shape_ok(a)`` and finite entries."""
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     a = a.astype(np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a matrix (N, D), got shape {a.shape}")
+    if not shape_ok(a):
+        raise ValueError(f"{name} must be {expected}, got shape {a.shape}")
     if not np.isfinite(a).all():
         raise ValueError(f"{name} has NaN/inf entries")
     return a
+
+
+def _as_2d(a, name: str) -> np.ndarray:
+    return _as_float64(a, name, lambda a: a.ndim == 2, "a matrix (N, D)")
+
+
+def _as_vector(a, name: str) -> np.ndarray:
+    """One variable ``(N,)`` from ``(N,)`` or ``(N, 1)``."""
+    one = _as_float64(
+        a, name, lambda a: a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1), "one variable, shape (N,) or (N, 1)"
+    )
+    return one.reshape(-1)
 
 
 def _generator(rng) -> np.random.Generator:
@@ -142,16 +155,6 @@ def randomized_dependence(
     k = min(num_features, x.shape[0])
     fx, fy = _copula_features(x, k, scale, rng), _copula_features(y, k, scale, rng)
     return _first_canonical_correlation(_feature_basis(fx), _feature_basis(fy))
-
-
-def _as_vector(a, name: str) -> np.ndarray:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    a = a.astype(np.float64)
-    if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
-        raise ValueError(f"{name} must be one variable, shape (N,) or (N, 1), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} has NaN/inf entries")
-    return a.reshape(-1)
 
 
 def correlation_matrix(x, y, method: str = "pearson", rng: np.random.Generator | int | None = 0) -> np.ndarray:

@@ -185,11 +185,11 @@ def configuration_key(
     """``(run folder, key)`` of a configuration: the key is what its ``result.json`` must hold to be reused."""
     if options.generator not in GENERATORS:
         raise ValueError(f"unknown generator {options.generator!r}; expected one of {GENERATORS}")
-    if options.clip_on not in CLIP_ON:
-        raise ValueError(f"unknown clip_on {options.clip_on!r}; expected one of {CLIP_ON}")
+    _check_clip_on(options.clip_on)
     # the keep probability shapes Table 4's partially observed data only (the authors' generator has its own)
     keep_prob = options.view_keep_prob if table == 4 and section.eta and options.generator == "library" else None
-    tag = "-".join(t for t in (data_tag(options.generator, keep_prob), _training_tag(options)) if t)
+    training_tag = "clipsum" if options.clip_on == "sum" else ""
+    tag = "-".join(t for t in (data_tag(options.generator, keep_prob), training_tag) if t)
     run_dir = run_folder(runs_dir, table, section.name, row.label, objective, seed, tag)
     key = {
         "table": table,
@@ -208,14 +208,14 @@ def configuration_key(
     return run_dir, key
 
 
-def _training_tag(options: RunOptions) -> str:
-    return "clipsum" if options.clip_on == "sum" else ""
+def _check_clip_on(clip_on: str) -> None:
+    if clip_on not in CLIP_ON:
+        raise ValueError(f"unknown clip_on {clip_on!r}; expected one of {CLIP_ON}")
 
 
 def gradient_clip_value(settings: TableSettings, clip_on: str = "mean") -> float:
     """The element-wise clip ``fit`` applies to the gradient of its batch-MEAN loss (see :data:`CLIP_ON`)."""
-    if clip_on not in CLIP_ON:
-        raise ValueError(f"unknown clip_on {clip_on!r}; expected one of {CLIP_ON}")
+    _check_clip_on(clip_on)
     return settings.clip if clip_on == "mean" else settings.clip / settings.batch_size
 
 
