@@ -21,6 +21,7 @@ from pyro_mmvae.experiments.pi_tables import (
     build_model,
     check_claims,
     llh_gap,
+    metric_value,
 )
 from pyro_mmvae.experiments.pi_tables.published import load_published
 from pyro_mmvae.metrics.linear_gaussian import linear_decoder_model
@@ -62,7 +63,13 @@ def test_one_table_one_aggregator_end_to_end(script, tmp_path):
     # adding a seed trains only the new seed's configurations
     more = script.main([a if a != "1" or argv[i - 1] != "--seeds" else "2" for i, a in enumerate(argv)])
     assert more["num_cached"] == 2 and more["num_configurations"] == 4
-    assert more["tables"]["1"]["sections"]["main"]["SumPooling"]["masked"]["llh_gap"]["n"] == 2
+    two = more["tables"]["1"]["sections"]["main"]["SumPooling"]["masked"]
+    assert two["llh_gap"]["n"] == 2
+    # |gap to the true model| is derived from each stored true_gap when the report is built
+    assert two["abs_true_gap"]["values"] == [abs(v) for v in two["true_gap"]["values"]]
+    assert two["abs_true_gap"]["mean"] == pytest.approx(sum(abs(v) for v in two["true_gap"]["values"]) / 2)
+    assert metric_value({"true_gap": -2e-5}, "abs_true_gap") == 2e-5 and metric_value({}, "abs_true_gap") is None
+    assert metric_value({"llh_gap": -1.0}, "llh_gap") == -1.0
     # --report-only trains nothing: the report holds the stored configurations of the plan, and no others
     three = [a if a != "1" or argv[i - 1] != "--seeds" else "3" for i, a in enumerate(argv)]
     stored = script.main([*three, "--report-only"])

@@ -31,6 +31,7 @@ from pyro_mmvae.experiments.pi_tables import (
     find_row,
     gradient_clip_value,
     ivae_bimodal_log_likelihood,
+    llh_gap,
     make_data,
     make_plan,
     mcc_metrics,
@@ -38,6 +39,7 @@ from pyro_mmvae.experiments.pi_tables import (
     run_configuration,
     run_folder,
     table_settings,
+    train_configuration,
     true_log_likelihood,
 )
 from pyro_mmvae.experiments.pi_tables.published import PUBLISHED
@@ -389,6 +391,24 @@ def test_stale_results_are_evaluated_again_without_training(tmp_path):
     lib_file.write_text(json.dumps(stored))
     assert run_configuration(3, "main", "MoE", "masked", 0, settings, RunOptions(), tmp_path)["cached"]
     assert lib["metrics"]["true_llh"] != first["metrics"]["true_llh"]
+
+
+def test_train_configuration_gives_back_the_evaluated_networks_without_training(tmp_path):
+    settings = table_settings(1, quick=True, epochs=2, num_train=200)
+    result = run_configuration(1, "main", "SumPooling", "masked", 0, settings, RunOptions(), tmp_path)
+    model, guide, data, training = train_configuration(1, "main", "SumPooling", "masked", 0, settings, None, tmp_path)
+    assert training["status"] == "finished" and training["final_loss"] == result["final_train_loss"]
+    assert training["train_seconds"] == pytest.approx(result["train_seconds"])  # the stored epochs: none added
+    # the reloaded networks are the ones the stored metrics were computed from
+    assert llh_gap(model, data.train, 3) == pytest.approx(result["metrics"]["llh_gap"], rel=1e-9)
+    loaded, _, _, stored = train_configuration(1, "main", "SumPooling", "masked", 0, settings, None, tmp_path, True)
+    assert stored["final_loss"] == result["final_train_loss"]
+    assert llh_gap(loaded, data.train, 3) == pytest.approx(result["metrics"]["llh_gap"], rel=1e-9)
+    other = run_configuration(1, "main", "SumPooling", "masked", 1, settings, RunOptions(), tmp_path)
+    assert other["metrics"]["llh_gap"] != result["metrics"]["llh_gap"]
+    with pytest.raises(FileNotFoundError, match="no trained weights"):  # never trains with load_only
+        train_configuration(1, "main", "SumPooling", "masked", 2, settings, None, tmp_path, load_only=True)
+    assert not run_folder(tmp_path, 1, "main", "SumPooling", "masked", 2).exists()
 
 
 def test_clipping_as_the_published_code_clips_the_summed_loss_gradient(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from .settings import (
     TRUE_LLH_TABLES,
     VIEW_KEEP_PROB,
     TableSettings,
+    metric_value,
     settings_note,
 )
 
@@ -146,6 +147,10 @@ def _table_reasons(
         return [
             _POE_REASON + "; the published PoE row diverged (~1e35)",
             "N = 5000 and the Table 2 architectures/constants are assumptions (the paper gives neither for Table 1)",
+            "`llh_gap` is relative to the Gaussian MLE N(x̄, Σ̂) of the training data, which no learned model "
+            "exceeds; the paper's 'relative difference of the true MLE vs the learned LLH' may be the gap to the "
+            "true model instead, whose sign changes across seeds: the mean of its absolute value is "
+            "`abs_true_gap` (secondary metrics)",
             "rates and distortions use one sample per point and S drawn from the training mask law (uniform over "
             "subsets, S = ∅ included); the paper does not say how S was drawn for the table",
         ]
@@ -369,7 +374,8 @@ def table_report(t: int, name: str, settings: TableSettings, results: dict, plan
                     if t in TRUE_LLH_TABLES and v is not None:
                         seeds_llh.setdefault(seed, v)
                 cells[obj] = {
-                    m: summarise([r["metrics"].get(m) for r in done]) for m in (*METRICS[t], *SECONDARY_METRICS[t])
+                    m: summarise([metric_value(r["metrics"], m) for r in done])
+                    for m in (*METRICS[t], *SECONDARY_METRICS[t])
                 }
                 cells[obj]["seeds_done"] = len(done)
             if cells:

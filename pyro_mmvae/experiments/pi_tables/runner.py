@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ...train import NonFiniteLossError, fit
+from ...train import NonFiniteLossError, fit, load_stage
+from ...train.run_files import StageFiles
 from ...utils import atomic_write_json, set_seed, to_jsonable
 from .builders import build_elbo, build_guide, build_model, make_data
 from .evaluation import data_metrics, evaluate
@@ -50,6 +51,7 @@ KEY_DEFAULTS = {"poe_mean": "correct", "generator": "library", "view_keep_prob":
 # batch (the library's loss); "sum", the gradient of the loss SUMMED over the batch, as the published code
 # (optax.clip on jnp.sum of the per-point losses), i.e. the library's gradient clipped at ±clip / B.
 CLIP_ON = ("mean", "sum")
+TRAIN_STAGE = "main"  # fit's default stage: <run folder>/main/ holds each configuration's checkpoints
 
 
 @dataclass(frozen=True)
@@ -138,16 +140,11 @@ def run_configuration(
         if _current(cached):
             return {**cached, "cached": True}
         started_at = cached.get("started_at") or started_at  # re-evaluation of stored weights
-    data = make_data(
-        table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws, options.generator,
-        keep_prob,
-    )  # fmt: skip
-    set_seed(seed)  # initial weights depend on the seed only
-    model = build_model(table, row, data.modalities)
-    guide = build_guide(table, row, data.modalities)
     cpu_log = TrainingCPU(run_dir / "train_cpu.json")
     tic, cpu = time.perf_counter(), time.process_time()
-    training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log)
+    model, guide, data, training = _build_and_train(
+        table, section, row, objective, seed, settings, options, run_dir, keep_prob, cpu_log
+    )
     if training["status"] != "finished":
         training["train_seconds"] = time.perf_counter() - tic
     train_cpu = cpu_log.before + (time.process_time() - cpu)
@@ -176,6 +173,61 @@ def run_configuration(
     atomic_write_json(result_file, result, indent=1)
     result["cached"] = False
     return result
+
+
+def train_configuration(
+    table: int,
+    section: Section | str,
+    row: Row | str,
+    objective: str,
+    seed: int,
+    settings: TableSettings,
+    options: RunOptions | None = None,
+    runs_dir: str | Path = "runs/pi_tables",
+    load_only: bool = False,
+) -> tuple:
+    """``(model, guide, data, training)`` of one configuration, trained in its run folder: a finished run's
+    final weights are reloaded without training, an unfinished one resumes. ``training`` is
+    ``{"status", "error", "final_loss", "train_seconds"}``. What :func:`run_configuration` evaluates, for
+    looking at a trained table model directly (``model.decoders``, ``guide.posterior(batch)``).
+
+    ``load_only``: never train; raise :class:`FileNotFoundError` when the run folder has no final
+    checkpoint (e.g. a committed ``result.json`` without its weights) and ``RuntimeError`` when the run
+    has not finished.
+    """
+    options = options or RunOptions()
+    section = find_section(table, section)
+    row = find_row(section, row)
+    run_dir, key = configuration_key(table, section, row, objective, seed, settings, options, runs_dir)
+    if load_only:
+        checkpoint = StageFiles(run_dir, TRAIN_STAGE).checkpoint
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"no trained weights for this configuration: {checkpoint} does not exist")
+        data = _data(table, section, seed, settings, options, key["view_keep_prob"])
+        model, guide = build_model(table, row, data.modalities), build_guide(table, row, data.modalities)
+        res = load_stage(run_dir, TRAIN_STAGE, model, guide)
+        training = {"status": "finished", "error": None, "final_loss": res.history[-1]["train_loss"],
+                    "train_seconds": sum(r["seconds"] for r in res.history)}  # fmt: skip
+        return model, guide, data, training
+    cpu_log = TrainingCPU(run_dir / "train_cpu.json")
+    return _build_and_train(table, section, row, objective, seed, settings, options, run_dir, key["view_keep_prob"],
+                            cpu_log)  # fmt: skip
+
+
+def _data(table, section, seed, settings, options, keep_prob):
+    return make_data(
+        table, section.name, seed, settings.num_train, settings.num_test, options.cond_draws, options.generator,
+        keep_prob,
+    )  # fmt: skip
+
+
+def _build_and_train(table, section, row, objective, seed, settings, options, run_dir, keep_prob, cpu_log):
+    data = _data(table, section, seed, settings, options, keep_prob)
+    set_seed(seed)  # initial weights depend on the seed only
+    model = build_model(table, row, data.modalities)
+    guide = build_guide(table, row, data.modalities)
+    training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log)
+    return model, guide, data, training
 
 
 def configuration_key(
