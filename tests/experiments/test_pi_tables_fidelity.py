@@ -406,9 +406,17 @@ def test_train_configuration_gives_back_the_evaluated_networks_without_training(
     assert llh_gap(loaded, data.train, 3) == pytest.approx(result["metrics"]["llh_gap"], rel=1e-9)
     other = run_configuration(1, "main", "SumPooling", "masked", 1, settings, RunOptions(), tmp_path)
     assert other["metrics"]["llh_gap"] != result["metrics"]["llh_gap"]
-    with pytest.raises(FileNotFoundError, match="no trained weights"):  # never trains with load_only
+    with pytest.raises(FileNotFoundError, match="no result of this configuration"):  # never trains with load_only
         train_configuration(1, "main", "SumPooling", "masked", 2, settings, None, tmp_path, load_only=True)
     assert not run_folder(tmp_path, 1, "main", "SumPooling", "masked", 2).exists()
+    # the folder's weights belong to 2 epochs: other settings do not get them
+    longer = table_settings(1, quick=True, epochs=3, num_train=200)
+    with pytest.raises(FileNotFoundError, match="epochs 3"):
+        train_configuration(1, "main", "SumPooling", "masked", 0, longer, None, tmp_path, load_only=True)
+    # a committed result.json without its weights
+    (run_folder(tmp_path, 1, "main", "SumPooling", "masked", 1) / "main" / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no trained weights"):
+        train_configuration(1, "main", "SumPooling", "masked", 1, settings, None, tmp_path, load_only=True)
 
 
 def test_clipping_as_the_published_code_clips_the_summed_loss_gradient(tmp_path, monkeypatch):

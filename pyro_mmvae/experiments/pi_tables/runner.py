@@ -12,7 +12,7 @@ import json
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +21,14 @@ import torch
 from tqdm import tqdm
 
 from ...train import NonFiniteLossError, fit, load_stage
+from ...train.checkpoint import CheckpointMismatchError
 from ...train.run_files import StageFiles
 from ...utils import atomic_write_json, set_seed, to_jsonable
 from .builders import build_elbo, build_guide, build_model, make_data
 from .evaluation import data_metrics, evaluate
 from .report import build_report, format_number, write_outputs
 from .settings import (
+    ABSOLUTE_OF,
     FULL_COND_DRAWS,
     GENERATORS,
     LAYOUT,
@@ -152,7 +154,7 @@ def run_configuration(
     if training["status"] == "finished":
         ev = evaluate(table, row, model, guide, data, settings, options.mask_sampler, seed)
     else:
-        nan = {k: math.nan for k in (*METRICS[table], *SECONDARY_METRICS[table])}
+        nan = {k: math.nan for k in (*METRICS[table], *SECONDARY_METRICS[table]) if k not in ABSOLUTE_OF}
         ev = {"metrics": {**nan, **data_metrics(table, data)}, "errors": {}}
     result = {
         "key": key,
@@ -185,33 +187,52 @@ def train_configuration(
     options: RunOptions | None = None,
     runs_dir: str | Path = "runs/pi_tables",
     load_only: bool = False,
+    callbacks: Sequence = (),
 ) -> tuple:
     """``(model, guide, data, training)`` of one configuration, trained in its run folder: a finished run's
     final weights are reloaded without training, an unfinished one resumes. ``training`` is
     ``{"status", "error", "final_loss", "train_seconds"}``. What :func:`run_configuration` evaluates, for
     looking at a trained table model directly (``model.decoders``, ``guide.posterior(batch)``).
 
-    ``load_only``: never train; raise :class:`FileNotFoundError` when the run folder has no final
-    checkpoint (e.g. a committed ``result.json`` without its weights) and ``RuntimeError`` when the run
-    has not finished.
+    ``load_only``: never train, write nothing: the run folder must hold this configuration's stored
+    result (same key: settings, options) with status "finished", and its final checkpoint;
+    :class:`FileNotFoundError` otherwise (e.g. a committed ``result.json`` without its weights, or a
+    result of other settings), ``RuntimeError`` when the stored run diverged or failed.
+    ``callbacks``: more ``fit`` callbacks for the training (e.g. to continue a finished run with
+    ``settings.epochs`` raised: ``fit`` resumes it from its final checkpoint).
     """
     options = options or RunOptions()
     section = find_section(table, section)
     row = find_row(section, row)
     run_dir, key = configuration_key(table, section, row, objective, seed, settings, options, runs_dir)
     if load_only:
-        checkpoint = StageFiles(run_dir, TRAIN_STAGE).checkpoint
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"no trained weights for this configuration: {checkpoint} does not exist")
-        data = _data(table, section, seed, settings, options, key["view_keep_prob"])
-        model, guide = build_model(table, row, data.modalities), build_guide(table, row, data.modalities)
-        res = load_stage(run_dir, TRAIN_STAGE, model, guide)
-        training = {"status": "finished", "error": None, "final_loss": res.history[-1]["train_loss"],
-                    "train_seconds": sum(r["seconds"] for r in res.history)}  # fmt: skip
-        return model, guide, data, training
+        return _load_finished(table, section, row, seed, settings, options, run_dir, key)
     cpu_log = TrainingCPU(run_dir / "train_cpu.json")
     return _build_and_train(table, section, row, objective, seed, settings, options, run_dir, key["view_keep_prob"],
-                            cpu_log)  # fmt: skip
+                            cpu_log, callbacks)  # fmt: skip
+
+
+def _load_finished(table, section, row, seed, settings, options, run_dir: Path, key: dict) -> tuple:
+    stored = _read_result(run_dir / "result.json", key)
+    if stored is None:
+        raise FileNotFoundError(
+            f"{run_dir / 'result.json'} holds no result of this configuration with these settings "
+            f"(epochs {settings.epochs}, seed {seed}); train it with run_configuration first"
+        )
+    if stored["status"] != "finished":
+        raise RuntimeError(f"the stored run in {run_dir} {stored['status']}: {stored.get('error')}")
+    checkpoint = StageFiles(run_dir, TRAIN_STAGE).checkpoint
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"no trained weights for this configuration: {checkpoint} does not exist")
+    data = _data(table, section, seed, settings, options, key["view_keep_prob"])
+    model, guide = build_model(table, row, data.modalities), build_guide(table, row, data.modalities)
+    res = load_stage(run_dir, TRAIN_STAGE, model, guide)
+    if res.epochs_run != settings.epochs and not res.stopped_early:
+        raise CheckpointMismatchError(f"{checkpoint} ran {res.epochs_run} epochs, the settings {settings.epochs}")
+    training = {"status": "finished", "error": None,
+                "final_loss": res.history[-1]["train_loss"] if res.history else None,
+                "train_seconds": sum(r["seconds"] for r in res.history)}  # fmt: skip
+    return model, guide, data, training
 
 
 def _data(table, section, seed, settings, options, keep_prob):
@@ -221,12 +242,13 @@ def _data(table, section, seed, settings, options, keep_prob):
     )  # fmt: skip
 
 
-def _build_and_train(table, section, row, objective, seed, settings, options, run_dir, keep_prob, cpu_log):
+def _build_and_train(table, section, row, objective, seed, settings, options, run_dir, keep_prob, cpu_log,
+                     callbacks=()):  # fmt: skip
     data = _data(table, section, seed, settings, options, keep_prob)
     set_seed(seed)  # initial weights depend on the seed only
     model = build_model(table, row, data.modalities)
     guide = build_guide(table, row, data.modalities)
-    training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log)
+    training = _train(model, guide, data, objective, seed, settings, options, run_dir, cpu_log, callbacks)
     return model, guide, data, training
 
 
@@ -271,12 +293,13 @@ def gradient_clip_value(settings: TableSettings, clip_on: str = "mean") -> float
     return settings.clip if clip_on == "mean" else settings.clip / settings.batch_size
 
 
-def stored_result(job: Job, options: RunOptions, runs_dir: str | Path) -> dict | None:
-    """The job's stored ``result.json`` when it holds this configuration with current metrics, else None."""
+def stored_result(job: Job, options: RunOptions, runs_dir: str | Path, current_only: bool = True) -> dict | None:
+    """The job's stored ``result.json`` when it holds this configuration (with current metrics, unless
+    ``current_only`` is False), else None."""
     run_dir, key = configuration_key(job.table, job.section, job.row, job.objective, job.seed, job.settings, options,
                                      runs_dir)  # fmt: skip
     stored = _read_result(run_dir / "result.json", key)
-    return {**stored, "cached": True} if stored is not None and _current(stored) else None
+    return {**stored, "cached": True} if stored is not None and (_current(stored) or not current_only) else None
 
 
 def _read_result(result_file: Path, key: dict) -> dict | None:
@@ -292,7 +315,8 @@ def _current(stored: dict) -> bool:
     return stored.get("evaluation", 1) == EVALUATION_VERSION or stored["status"] != "finished"
 
 
-def _train(model, guide, data, objective, seed, settings: TableSettings, options: RunOptions, run_dir, cpu_log):
+def _train(model, guide, data, objective, seed, settings: TableSettings, options: RunOptions, run_dir, cpu_log,
+           callbacks=()):  # fmt: skip
     """Fit one configuration; ``{"status", "error", "final_loss", "train_seconds"}`` (seconds of every epoch)."""
     try:
         res = fit(
@@ -311,7 +335,7 @@ def _train(model, guide, data, objective, seed, settings: TableSettings, options
             seed=seed,
             device=options.device,
             progress=options.progress and options.workers == 1,
-            callbacks=[cpu_log],
+            callbacks=[cpu_log, *callbacks],
             compile=options.compile,
         )
     except NonFiniteLossError as err:
